@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make sandbox` and `make test`. Both set themselves up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: sandbox test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+sandbox: $(STAMP)
+	$(BIN)/mockservers serve --seed --tls $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -n 2 $(ARGS)
+
+clean:
+	rm -rf $(VENV) .sandbox .pytest_cache .ruff_cache .hypothesis

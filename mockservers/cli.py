@@ -1,0 +1,80 @@
+"""`mockservers` command: run the sandbox services."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .sandbox.server import Sandbox, SandboxConfig
+
+console = Console(stderr=True)
+
+
+@click.group()
+def main() -> None:
+    """Local Dataverse Web API and Business Central API v2.0 mocks with a mock Entra ID."""
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".sandbox"),
+              show_default=True, help="Where state (SQLite files, keys, certificates, sandbox.json) lives.")
+@click.option("--seed/--no-seed", default=False, show_default=True, help="Load the sample data set on start.")
+@click.option("--fixture", default="default", show_default=True, help="Fixture set to seed from.")
+@click.option("--tls/--no-tls", default=False, show_default=True,
+              help="Serve HTTPS with a local CA (needed by Microsoft's SDKs).")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--identity-port", type=int, default=5000, show_default=True)
+@click.option("--dataverse-port", type=int, default=5001, show_default=True)
+@click.option("--bc-port", type=int, default=5002, show_default=True)
+@click.option("--db-url", default=None, help="SQLAlchemy URL for the Dataverse store (default: SQLite in --data-dir).")
+def serve(data_dir: Path, seed: bool, fixture: str, tls: bool, host: str, identity_port: int,
+          dataverse_port: int, bc_port: int, db_url: str | None) -> None:
+    """Run the sandbox in the foreground until Ctrl+C."""
+    config = SandboxConfig(data_dir=data_dir, host=host, identity_port=identity_port,
+                           dataverse_port=dataverse_port, bc_port=bc_port, tls=tls, seed=seed,
+                           fixture=fixture, db_url=db_url)
+    sandbox = Sandbox(config)
+    try:
+        info = sandbox.start()
+    except OSError as error:
+        raise click.ClickException(f"cannot start the sandbox: {error.strerror or error}") from None
+    except FileNotFoundError as error:
+        raise click.ClickException(str(error)) from None
+    console.print(f"[bold]bc-dataverse-sandbox[/bold] running (state in {data_dir.resolve()})")
+    console.print(f"  identity   {info['identity']['url']}  tenant {info['tenant_id']}")
+    console.print(f"  dataverse  {info['dataverse']['api_root']}")
+    console.print(f"  app        client_id {info['app']['client_id']}")
+    console.print(f"             client_secret {info['app']['client_secret']}")
+    if info["ca_bundle"]:
+        console.print(f"  export REQUESTS_CA_BUNDLE={info['ca_bundle']}")
+    console.print(f"  details    {(data_dir / 'sandbox.json').resolve()}")
+    console.print("Press Ctrl+C to stop.")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".sandbox"))
+def info(data_dir: Path) -> None:
+    """Print sandbox.json of a running (or last run) sandbox."""
+    path = data_dir / "sandbox.json"
+    if not path.is_file():
+        raise click.ClickException(f"{path} not found; start the sandbox with `mockservers serve` first")
+    click.echo(json.dumps(json.loads(path.read_text()), indent=2))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Flask app factory for the Dataverse Web API: authentication, sandbox hooks, routing to the service."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from ..identity import InvalidToken, TokenValidator, bearer_challenge
+from ..sandbox.control import control_blueprint
+from ..sandbox.hooks import SandboxServices, install_sandbox_hooks, note_batch_operations, sandbox_admit
+from ..sandbox.limits import DATAVERSE_LIMITS, DATAVERSE_MESSAGES, ServiceProtection, dataverse_budget_headers
+from .exceptions import DataverseError
+from .models import DataverseBackend
+from .responses import API_PATH, DataverseService, Request, Result
+
+MAX_BODY_BYTES = 128 * 1024 * 1024
+UNAUTHORIZED_CODE = "0x80072560"
+
+
+def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps({"error": {"code": code, "message": message}})
+    response = Response(body, status=status, content_type="application/json; odata.metadata=minimal")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    response.headers["OData-Version"] = "4.0"
+    return response
+
+
+def new_sandbox_services() -> SandboxServices:
+    return SandboxServices(limits=ServiceProtection(DATAVERSE_LIMITS, messages=DATAVERSE_MESSAGES))
+
+
+def create_app(
+    backend: DataverseBackend,
+    *,
+    public_url: str,
+    validator: TokenValidator | None,
+    identity_url: str,
+    tenant_id: str,
+    audiences: set[str] | None = None,
+    sandbox: SandboxServices | None = None,
+) -> Flask:
+    """``public_url`` is the org URL (also the token audience); ``validator`` None disables auth."""
+    app = Flask("mockservers.dataverse")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    public_url = public_url.rstrip("/")
+    service = DataverseService(backend, public_url + API_PATH)
+    sandbox = sandbox or new_sandbox_services()
+    allowed_audiences = set(audiences or ()) | {public_url}
+    app.extensions["dataverse"] = {"backend": backend, "service": service, "sandbox": sandbox}
+
+    install_sandbox_hooks(
+        app, sandbox, service="dataverse", principal=lambda: g.get("principal"),
+        render_error=_error_response, budget_headers=dataverse_budget_headers,
+    )
+
+    def reset() -> None:
+        backend.reset()
+
+    def seed(name: str) -> dict:
+        try:
+            return {"seeded": backend.seed(name)}
+        except FileNotFoundError as error:
+            raise LookupError(str(error)) from error
+
+    app.register_blueprint(control_blueprint(sandbox, reset=reset, seed=seed))
+
+    def challenge(message: str) -> Response:
+        return _error_response(401, "", message, {
+            "WWW-Authenticate": bearer_challenge(identity_url, tenant_id, public_url + "/"),
+        })
+
+    @app.route(API_PATH, defaults={"path": ""}, methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
+    @app.route(API_PATH + "/", defaults={"path": ""}, methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
+    @app.route(API_PATH + "/<path:path>", methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
+    def web_api(path: str) -> Response:
+        claims: dict = {}
+        if validator is not None:
+            try:
+                claims = validator.validate_authorization(request.headers.get("Authorization"), allowed_audiences)
+            except InvalidToken as error:
+                return challenge(error.message)
+        g.principal = claims.get("oid") or claims.get("appid")
+        sandbox_admit(g.principal)
+        with backend.store.read() as conn:
+            if validator is None:
+                caller = backend.system_caller(conn)
+            else:
+                caller = backend.caller_for_app(conn, claims.get("appid"), claims.get("oid"))
+        if caller is None:
+            return _error_response(
+                403, UNAUTHORIZED_CODE,
+                f"The user with application id {claims.get('appid')} is not a member of the organization.")
+        raw_path = request.path[len(API_PATH):].lstrip("/")
+        req = Request(
+            method=request.method,
+            path=raw_path,
+            args=request.args,
+            headers=request.headers,
+            body=request.get_data(cache=True),
+            caller=caller,
+            raw_query=request.query_string.decode("latin-1"),
+        )
+        if path == "$batch":
+            note_batch_operations(request.get_data().count(b"HTTP/1.1"))
+        return to_flask(service.handle(req))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        if error.code == 404:
+            segment = request.path.strip("/").split("/")[0] or "/"
+            return _error_response(404, "0x8006088a", f"Resource not found for the segment '{segment}'.")
+        if error.code == 413:
+            return _error_response(413, "0x80040216", "The request is too large.")
+        return _error_response(error.code or 400, "", error.description or "Bad request.")
+
+    @app.errorhandler(DataverseError)
+    def dataverse_error(error: DataverseError) -> Response:
+        return _error_response(error.status, error.code, error.message, error.headers)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        app.logger.exception("unexpected error")
+        return _error_response(500, "0x80040216", "An unexpected error occurred.")
+
+    return app
+
+
+def to_flask(result: Result) -> Response:
+    response = Response(result.body, status=result.status)
+    response.headers.pop("Content-Type", None)
+    for name, value in result.headers:
+        response.headers.add(name, value)
+    response.headers["OData-Version"] = "4.0"
+    return response

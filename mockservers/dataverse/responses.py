@@ -1,0 +1,710 @@
+"""The Dataverse Web API protocol: URL forms, query options, conditional requests, bulk and batch.
+
+``DataverseService.handle`` turns one request (plain or from inside a ``$batch``) into a response;
+it never touches Flask, so the same code serves HTTP, batches and in-process use.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import re
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode
+
+from sqlalchemy.engine import Connection
+from werkzeug.datastructures import Headers, MultiDict
+
+from ..odata import errors as engine
+from ..odata.csdl import render_csdl
+from ..odata.query import QueryOptions, parse_options
+from ..odata.schema import EntityType
+from ..odata.storage import Row
+from ..odata.urlpath import Segment, parse_key, split_path
+from . import batch as batch_protocol
+from . import exceptions as exc
+from .exceptions import DataverseError
+from .metadata import MetadataError, MetadataQuery
+from .models import Caller, DataverseBackend
+from .query_functions import FunctionRewriter, substitute_aliases
+from .serializer import Annotations, Serializer, etag
+
+API_PATH = "/api/data/v9.2"
+MAX_PAGE_SIZE = 5000
+COUNT_LIMIT = 5000
+JSON_TYPE = "application/json; odata.metadata=minimal"
+BULK_ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
+
+_current_conn: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("dataverse_conn", default=None)
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # below the API root, without a leading slash, percent-decoded
+    args: MultiDict
+    headers: Headers
+    body: bytes
+    caller: Caller
+    raw_query: str = ""
+
+
+@dataclass
+class Result:
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Result:
+        return cls(status, [("Content-Type", JSON_TYPE), *(headers or [])], json.dumps(payload).encode())
+
+    @classmethod
+    def error(cls, error: DataverseError) -> Result:
+        return cls.json(error.status, error.body(), list(error.headers.items()))
+
+
+def parse_prefer(headers: Headers) -> dict[str, str]:
+    prefs: dict[str, str] = {}
+    for value in headers.getlist("Prefer"):
+        for part in re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", value):
+            name, _, setting = part.strip().partition("=")
+            if name:
+                prefs[name.strip().lower()] = setting.strip()
+    return prefs
+
+
+def parse_etag(value: str) -> int | None:
+    m = re.fullmatch(r'\s*(?:W/)?"(\d+)"\s*', value)
+    return int(m.group(1)) if m else None
+
+
+class DataverseService:
+    def __init__(self, backend: DataverseBackend, service_root: str) -> None:
+        self.backend = backend
+        self.schema = backend.schema
+        self.store = backend.store
+        self.service_root = service_root.rstrip("/")
+        self.serializer = Serializer(self.schema, self.store)
+        self._csdl: str | None = None
+
+    # -- transactions ------------------------------------------------------------------------
+    @contextmanager
+    def connection(self, write: bool) -> Iterator[Connection]:
+        shared = _current_conn.get()
+        if shared is not None:
+            yield shared
+            return
+        with (self.store.write() if write else self.store.read()) as conn:
+            yield conn
+
+    @contextmanager
+    def changeset(self) -> Iterator[None]:
+        with self.store.write() as conn:
+            token = _current_conn.set(conn)
+            try:
+                yield
+            finally:
+                _current_conn.reset(token)
+
+    # -- entry point -------------------------------------------------------------------------
+    def handle(self, req: Request) -> Result:
+        try:
+            return self._dispatch(req)
+        except DataverseError as error:
+            return Result.error(error)
+        except MetadataError as error:
+            return Result.error(DataverseError(error.status, error.code, error.message))
+        except engine.ODataError as error:
+            return Result.error(exc.from_engine(error))
+
+    def _dispatch(self, req: Request) -> Result:
+        if "$skip" in req.args:
+            raise DataverseError(400, exc.NOT_SUPPORTED, "The query parameter $skip is not supported")
+        for name in req.args:
+            if name.startswith("$") and name not in (
+                "$select", "$filter", "$orderby", "$top", "$expand", "$count", "$skiptoken", "$deltatoken", "$apply",
+            ):
+                raise DataverseError(400, exc.NOT_SUPPORTED, f"The query parameter {name} is not supported")
+        path = req.path.strip("/")
+        if path == "":
+            return self.service_document(req)
+        if path == "$metadata":
+            return self.metadata(req)
+        if path == "$batch":
+            if req.method != "POST":
+                raise self._no_resource(req)
+            return self.batch(req)
+        segments = split_path(path)
+        head = segments[0]
+        if head.name in ("WhoAmI", "WhoAmI()") or (head.name == "WhoAmI" and head.key == ""):
+            if req.method != "GET" or len(segments) > 1:
+                raise self._no_resource(req)
+            return self.who_am_i(req)
+        if head.name in ("EntityDefinitions", "RelationshipDefinitions", "GlobalOptionSetDefinitions"):
+            if req.method != "GET":
+                raise DataverseError(405, exc.NOT_SUPPORTED, "Metadata changes are not supported by the sandbox.")
+            return self.entity_definitions(req, path)
+        entity = self.schema.by_set(head.name)
+        if entity is None:
+            raise exc.segment_not_found(head.name)
+        if head.key is None:
+            return self.collection(req, entity, segments[1:])
+        return self.single(req, entity, head, segments[1:])
+
+    def _no_resource(self, req: Request) -> DataverseError:
+        return DataverseError(
+            404, "", f"No HTTP resource was found that matches the request URI '{self.service_root}/{req.path}'."
+        )
+
+    # -- documents ---------------------------------------------------------------------------
+    def context(self, fragment: str) -> str:
+        return f"{self.service_root}/$metadata#{fragment}"
+
+    def service_document(self, req: Request) -> Result:
+        value = [{"name": e.set_name, "kind": "EntitySet", "url": e.set_name} for e in self.schema]
+        return Result.json(200, {"@odata.context": f"{self.service_root}/$metadata", "value": value})
+
+    def metadata(self, req: Request) -> Result:
+        if self._csdl is None:
+            self._csdl = render_csdl(self.schema, container="System", extra_schema_xml=WHOAMI_CSDL)
+        return Result(200, [("Content-Type", "application/xml")], self._csdl.encode())
+
+    def who_am_i(self, req: Request) -> Result:
+        return Result.json(200, {
+            "@odata.context": self.context("Microsoft.Dynamics.CRM.WhoAmIResponse"),
+            "BusinessUnitId": req.caller.business_unit_id,
+            "UserId": req.caller.user_id,
+            "OrganizationId": self.backend.organization.organization_id,
+        })
+
+    def entity_definitions(self, req: Request, path: str) -> Result:
+        query = MetadataQuery(self.schema, self.service_root)
+        segments = [s.name + (f"({s.key})" if s.key is not None else "") for s in split_path(path)]
+        status, payload = query.execute(segments, {k: req.args.get(k) for k in req.args if k.startswith("$")})
+        return Result.json(status, payload)
+
+    # -- queries -----------------------------------------------------------------------------
+    def _options(self, req: Request, entity: EntityType) -> QueryOptions:
+        args = {k: v for k, v in req.args.items() if k.startswith("$")}
+        aliases = {k: v for k, v in req.args.items() if k.startswith("@")}
+        if "$filter" in args:
+            text = substitute_aliases(args["$filter"], aliases) if aliases else args["$filter"]
+            rewriter = FunctionRewriter(
+                entity, self.schema.namespace, now=lambda: datetime.now(UTC),
+                user_id=req.caller.user_id, business_unit_id=req.caller.business_unit_id,
+            )
+            args["$filter"] = rewriter.rewrite(text)
+        if "$orderby" in args and aliases:
+            args["$orderby"] = substitute_aliases(args["$orderby"], aliases).replace("'", "")
+        return parse_options(args)
+
+    def _page_size(self, prefs: dict[str, str]) -> tuple[int, bool]:
+        raw = prefs.get("odata.maxpagesize")
+        if raw is None:
+            return MAX_PAGE_SIZE, False
+        if not raw.isdigit() or int(raw) < 1:
+            raise DataverseError(400, exc.INVALID_ARGUMENT, f"Invalid odata.maxpagesize preference value '{raw}'.")
+        return min(int(raw), MAX_PAGE_SIZE), True
+
+    def collection(self, req: Request, entity: EntityType, rest: list[Segment]) -> Result:
+        if rest:
+            if len(rest) == 1 and rest[0].key is None and rest[0].name == "$count" and req.method == "GET":
+                return self.count(req, entity)
+            action = rest[0].name.removeprefix("Microsoft.Dynamics.CRM.")
+            if len(rest) == 1 and action in BULK_ACTIONS:
+                if req.method != "POST":
+                    raise self._no_resource(req)
+                return self.bulk(req, entity, action)
+            raise exc.segment_not_found(rest[0].name)
+        if req.method == "GET":
+            return self.list(req, entity)
+        if req.method == "POST":
+            return self.create(req, entity)
+        raise DataverseError(405, "", f"The requested resource does not support http method '{req.method}'.")
+
+    def count(self, req: Request, entity: EntityType) -> Result:
+        with self.connection(False) as conn:
+            n = min(self.store.count(conn, entity), COUNT_LIMIT)
+        return Result(200, [("Content-Type", "text/plain")], ("\ufeff" + str(n)).encode("utf-8"))
+
+    def list(self, req: Request, entity: EntityType) -> Result:
+        prefs = parse_prefer(req.headers)
+        if "$deltatoken" in req.args:
+            return self.delta(req, entity)
+        if "odata.track-changes" in prefs and "$skiptoken" not in req.args:
+            for option in ("$filter", "$orderby", "$expand", "$top"):
+                if option in req.args:
+                    raise DataverseError(
+                        400, exc.NOT_SUPPORTED, f'The "{option}" query parameter isn\'t supported when Change '
+                        "Tracking is enabled.")
+        opts = self._options(req, entity)
+        page_size, preferred = self._page_size(prefs)
+        if preferred:
+            opts.top = None  # documented: $top is ignored together with odata.maxpagesize
+        offset, tracking_version = self._read_skiptoken(req.args.get("$skiptoken"))
+        annotations = Annotations(prefs.get("odata.include-annotations"))
+        with self.connection(False) as conn:
+            if "odata.track-changes" in prefs and tracking_version is None:
+                tracking_version = self.store.current_version(conn)
+            page = self.backend.runner.run(
+                conn, entity, opts, page_size=page_size, offset=offset, count_cap=COUNT_LIMIT
+            )
+            records = self.serializer.records(conn, entity, page.rows, opts.select, opts.expand, annotations)
+        payload: dict[str, Any] = {"@odata.context": self.context(self._context_fragment(entity, opts))}
+        if annotations:
+            if annotations.wants("Microsoft.Dynamics.CRM.totalrecordcount"):
+                payload["@Microsoft.Dynamics.CRM.totalrecordcount"] = page.count if page.count is not None else -1
+            if annotations.wants("Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"):
+                payload["@Microsoft.Dynamics.CRM.totalrecordcountlimitexceeded"] = (page.count or 0) >= COUNT_LIMIT
+        if page.count is not None:
+            payload["@odata.count"] = page.count
+        payload["value"] = records
+        if page.has_more:
+            token = self._skiptoken(entity, offset + len(page.rows), page.rows, tracking_version)
+            payload["@odata.nextLink"] = self._link(req, {"$skiptoken": token})
+        elif tracking_version is not None:
+            payload["@odata.deltaLink"] = self._link(req, {"$deltatoken": self._deltatoken(tracking_version)})
+        headers = self._applied(prefs, preferred, page_size, annotations)
+        return Result.json(200, payload, headers)
+
+    def _applied(self, prefs, preferred, page_size, annotations) -> list[tuple[str, str]]:
+        applied = []
+        if preferred:
+            applied.append(f"odata.maxpagesize={page_size}")
+        if annotations:
+            applied.append(f"odata.include-annotations={prefs['odata.include-annotations']}")
+        if "odata.track-changes" in prefs:
+            applied.append("odata.track-changes")
+        return [("Preference-Applied", ",".join(applied))] if applied else []
+
+    def _context_fragment(self, entity: EntityType, opts: QueryOptions, suffix: str = "") -> str:
+        parts = list(opts.select or [])
+        for item in opts.expand:
+            inner = ",".join(item.options.select or [])
+            parts.append(f"{item.name}({inner})")
+        return entity.set_name + (f"({','.join(parts)})" if parts else "") + suffix
+
+    def _link(self, req: Request, extra: dict[str, str]) -> str:
+        args = [(k, v) for k, v in req.args.items(multi=True) if k not in ("$skiptoken", "$deltatoken")]
+        args.extend(extra.items())
+        query = urlencode(args, quote_via=quote, safe="$,()'=@/:*")
+        return f"{self.service_root}/{req.path}?{query}"
+
+    @staticmethod
+    def _skiptoken(entity: EntityType, offset: int, rows: list[Row], tracking: int | None) -> str:
+        first = rows[0][entity.key].upper() if rows else ""
+        last = rows[-1][entity.key].upper() if rows else ""
+        tracking_xml = "" if tracking is None else f'<tracking version="{tracking}" />'
+        inner = f'<cookie page="{offset}"><{entity.key} last="{{{last}}}" first="{{{first}}}" />{tracking_xml}</cookie>'
+        return (f'<cookie pagenumber="{offset}" pagingcookie="{quote(quote(inner))}" '
+                f'istracking="{"True" if tracking is not None else "False"}" />')
+
+    @staticmethod
+    def _read_skiptoken(token: str | None) -> tuple[int, int | None]:
+        if token is None:
+            return 0, None
+        m = re.search(r'pagenumber="(\d+)"', token)
+        if not m:
+            raise DataverseError(400, exc.INVALID_ARGUMENT, "The $skiptoken value is not valid.")
+        tracking = re.search(r"tracking%2520version%253D%2522(\d+)", token) or re.search(
+            r'tracking version="(\d+)"', unquote(unquote(token)))
+        return int(m.group(1)), int(tracking.group(1)) if tracking else None
+
+    @staticmethod
+    def _deltatoken(version: int) -> str:
+        return f"{version}!{datetime.now(UTC).strftime('%m/%d/%Y %H:%M:%S')}"
+
+    def delta(self, req: Request, entity: EntityType) -> Result:
+        token = req.args.get("$deltatoken", "")
+        m = re.match(r"^(\d+)!", token)
+        if not m:
+            raise DataverseError(400, exc.INVALID_ARGUMENT, "The $deltatoken value is not valid.")
+        since = int(m.group(1))
+        opts = self._options(req, entity)
+        table = self.store.table(entity)
+        tomb = self.store.tombstones
+        with self.connection(False) as conn:
+            now_version = self.store.current_version(conn)
+            stmt = (table.select().where(table.c[entity.version_property] > since)
+                    .order_by(table.c[entity.version_property]))
+            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+            records = self.serializer.records(conn, entity, rows, opts.select, [], Annotations(None))
+            deleted = conn.execute(
+                tomb.select().where(tomb.c.entity == entity.name, tomb.c.version > since).order_by(tomb.c.version)
+            ).mappings().all()
+        live = {r[entity.key] for r in rows}
+        value = records + [
+            {"@odata.context": self.context(f"{entity.set_name}/$deletedEntity"), "id": d["key"], "reason": "deleted"}
+            for d in deleted if d["key"] not in live
+        ]
+        payload = {
+            "@odata.context": self.context(self._context_fragment(entity, opts, "/$delta")),
+            "@odata.deltaLink": self._link(req, {"$deltatoken": self._deltatoken(now_version)}),
+            "value": value,
+        }
+        return Result.json(200, payload, [("Preference-Applied", "odata.track-changes")])
+
+    # -- single records ----------------------------------------------------------------------
+    def _find(self, conn: Connection, entity: EntityType, segment: Segment) -> Row | None:
+        key = parse_key(segment.key or "")
+        return self.backend.find_by_key(conn, entity, key)
+
+    def _entity_id(self, entity: EntityType, row: Row) -> str:
+        return f"{self.service_root}/{entity.set_name}({row[entity.key]})"
+
+    def single(self, req: Request, entity: EntityType, head: Segment, rest: list[Segment]) -> Result:
+        if head.key == "":
+            raise DataverseError(400, exc.INVALID_ARGUMENT, "Bad Request - Error in query syntax: empty key.")
+        if rest:
+            return self.record_path(req, entity, head, rest)
+        if req.method == "GET":
+            return self.retrieve(req, entity, head)
+        if req.method == "PATCH":
+            return self.upsert(req, entity, head)
+        if req.method == "DELETE":
+            return self.delete(req, entity, head)
+        raise DataverseError(405, "", f"The requested resource does not support http method '{req.method}'.")
+
+    def retrieve(self, req: Request, entity: EntityType, head: Segment) -> Result:
+        prefs = parse_prefer(req.headers)
+        opts = self._options(req, entity)
+        annotations = Annotations(prefs.get("odata.include-annotations"))
+        with self.connection(False) as conn:
+            self.backend.runner.check_select(entity, opts.select)
+            self.backend.runner.check_expand(entity, opts.expand)
+            row = self._find(conn, entity, head)
+            if row is None:
+                raise exc.not_found(entity.name, head.key)
+            if_none = req.headers.get("If-None-Match")
+            if (if_none and if_none != "null" and not opts.expand and not annotations
+                    and parse_etag(if_none) == row.get(entity.version_property)):
+                return Result(304, [("ETag", etag(entity, row) or "")])
+            self.backend.runner.expand(conn, entity, [row], opts.expand)
+            record = self.serializer.records(conn, entity, [row], opts.select, opts.expand, annotations)[0]
+        payload = {"@odata.context": self.context(self._context_fragment(entity, opts, "/$entity")), **record}
+        headers = [("ETag", etag(entity, row) or "")]
+        if annotations:
+            headers.append(("Preference-Applied", f"odata.include-annotations={prefs['odata.include-annotations']}"))
+        return Result.json(200, payload, headers)
+
+    def _body(self, req: Request) -> Any:
+        if not req.body.strip():
+            raise exc.bad_request("The request body is empty; a JSON object is expected.")
+        try:
+            return json.loads(req.body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise exc.bad_request(f"Error identified in Payload provided by the user for Entity: invalid JSON "
+                                  f"({error}).") from error
+
+    def _representation(self, req: Request, entity: EntityType, row: Row, status: int, prefs) -> Result:
+        opts = self._options(req, entity)
+        with self.connection(False) as conn:
+            self.backend.runner.expand(conn, entity, [row], opts.expand)
+            record = self.serializer.records(conn, entity, [row], opts.select, opts.expand, Annotations(None))[0]
+        payload = {"@odata.context": self.context(self._context_fragment(entity, opts, "/$entity")), **record}
+        return Result.json(status, payload, [("Preference-Applied", "return=representation"),
+                                             ("ETag", etag(entity, row) or "")])
+
+    def create(self, req: Request, entity: EntityType) -> Result:
+        body = self._body(req)
+        prefs = parse_prefer(req.headers)
+        opts = self._options(req, entity)
+        self.backend.runner.check_select(entity, opts.select)
+        with self.connection(True) as conn:
+            row = self.backend.create(conn, entity, body, caller=req.caller)
+        if prefs.get("return") == "representation":
+            return self._representation(req, entity, row, 201, prefs)
+        return Result(204, [("OData-EntityId", self._entity_id(entity, row))])
+
+    def upsert(self, req: Request, entity: EntityType, head: Segment) -> Result:
+        body = self._body(req)
+        prefs = parse_prefer(req.headers)
+        if_match = req.headers.get("If-Match")
+        if_none = req.headers.get("If-None-Match")
+        if_none = None if if_none in (None, "null") else if_none
+        key = parse_key(head.key or "")
+        with self.connection(True) as conn:
+            row = self.backend.find_by_key(conn, entity, key)
+            if row is not None:
+                if if_none == "*":
+                    raise DataverseError(412, exc.DUPLICATE_RECORD, "A record with matching key values already exists.")
+                version = None
+                if if_match and if_match != "*":
+                    version = parse_etag(if_match)
+                    if version is None:
+                        raise DataverseError(412, exc.CONCURRENCY_VERSION_MISMATCH,
+                                             "The version of the existing record doesn't match the RowVersion "
+                                             "property provided.")
+                if key.named and isinstance(body, dict):  # keys cannot change through themselves
+                    body = {k: v for k, v in body.items() if k not in key.named}
+                row = self.backend.update(conn, entity, row[entity.key], body, caller=req.caller, if_version=version)
+                created = False
+            else:
+                if if_match:
+                    raise exc.not_found(entity.name, head.key)
+                key_values: dict[str, Any] = {}
+                if key.named:
+                    for name, value in key.named.items():
+                        key_values[name] = self.backend._key_value(entity, name, value)
+                else:
+                    key_values[entity.key] = self.backend.guid(key.single or "")
+                row = self.backend.create(conn, entity, body, caller=req.caller, key_values=key_values)
+                created = True
+        if prefs.get("return") == "representation":
+            return self._representation(req, entity, row, 201 if created else 200, prefs)
+        return Result(204, [("OData-EntityId", f"{self.service_root}/{entity.set_name}({head.key})")])
+
+    def delete(self, req: Request, entity: EntityType, head: Segment) -> Result:
+        if_match = req.headers.get("If-Match")
+        version = parse_etag(if_match) if if_match and if_match != "*" else None
+        with self.connection(True) as conn:
+            row = self._find(conn, entity, head)
+            if row is None:
+                raise exc.not_found(entity.name, head.key)
+            if if_match and if_match != "*" and version is None:
+                raise DataverseError(412, exc.CONCURRENCY_VERSION_MISMATCH,
+                                     "The version of the existing record doesn't match the RowVersion property provided.")
+            self.backend.delete(conn, entity, row[entity.key], if_version=version)
+        return Result(204)
+
+    # -- property and navigation paths -------------------------------------------------------
+    def record_path(self, req: Request, entity: EntityType, head: Segment, rest: list[Segment]) -> Result:
+        first = rest[0]
+        if first.key is None and (prop := entity.property(first.name)) is not None and not prop.hidden:
+            if len(rest) > 1 and not (len(rest) == 2 and rest[1].name == "$value"):
+                raise exc.segment_not_found(rest[1].name)
+            return self.property_value(req, entity, head, prop.name, raw=len(rest) == 2)
+        nav = entity.navigation(first.name)
+        if nav is None:
+            raise exc.segment_not_found(first.name)
+        with self.connection(req.method != "GET") as conn:
+            row = self._find(conn, entity, head)
+            if row is None:
+                raise exc.not_found(entity.name, head.key)
+            target = self.schema.entity(nav.target)
+            assert target is not None
+            tail = [s.name for s in rest[1:]]
+            if tail == ["$ref"] or (first.key is not None and tail == ["$ref"]):
+                return self.reference(req, conn, entity, row, nav, first)
+            if req.method != "GET":
+                raise DataverseError(405, "", f"The requested resource does not support http method '{req.method}'.")
+            opts = self._options(req, target)
+            if not nav.collection:
+                matches = not nav.discriminator or row.get(nav.discriminator) == nav.discriminator_value
+                related = self.store.get(conn, target, row[nav.via]) if row.get(nav.via) and matches else None
+                if related is None:
+                    return Result(204)
+                self.backend.runner.expand(conn, target, [related], opts.expand)
+                record = self.serializer.records(conn, target, [related], opts.select, opts.expand, Annotations(None))[0]
+                return Result.json(200, {"@odata.context": self.context(self._context_fragment(target, opts, "/$entity")),
+                                         **record})
+            table = self.store.table(target)
+            conds = [table.c[nav.via] == row[entity.key]]
+            if nav.discriminator:
+                conds.append(table.c[nav.discriminator] == nav.discriminator_value)
+            if tail == ["$count"]:
+                page = self.backend.runner.run(conn, target, QueryOptions(count=True), conditions=conds, page_size=1)
+                return Result(200, [("Content-Type", "text/plain")], ("\ufeff" + str(page.count)).encode("utf-8"))
+            page_size, _ = self._page_size(parse_prefer(req.headers))
+            offset, _ = self._read_skiptoken(req.args.get("$skiptoken"))
+            page = self.backend.runner.run(conn, target, opts, conditions=conds, page_size=page_size, offset=offset)
+            records = self.serializer.records(conn, target, page.rows, opts.select, opts.expand, Annotations(None))
+        payload: dict[str, Any] = {"@odata.context": self.context(self._context_fragment(target, opts)),
+                                   "value": records}
+        if page.has_more:
+            payload["@odata.nextLink"] = self._link(
+                req, {"$skiptoken": self._skiptoken(target, offset + len(page.rows), page.rows, None)})
+        return Result.json(200, payload)
+
+    def property_value(self, req: Request, entity: EntityType, head: Segment, name: str, raw: bool) -> Result:
+        prop = entity.property(name)
+        assert prop is not None
+        if req.method == "GET":
+            with self.connection(False) as conn:
+                row = self._find(conn, entity, head)
+                if row is None:
+                    raise exc.not_found(entity.name, head.key)
+            from ..odata.values import to_json
+            value = to_json(prop, row.get(name))
+            if raw:
+                if value is None:
+                    return Result(204)
+                return Result(200, [("Content-Type", "text/plain")], str(value).encode())
+            if value is None:
+                return Result(204)
+            return Result.json(200, {"@odata.context": self.context(f"{entity.set_name}({row[entity.key]})/{name}"),
+                                     "value": value})
+        if req.method in ("PUT", "DELETE"):
+            if req.method == "PUT":
+                body = self._body(req)
+                if not isinstance(body, dict) or "value" not in body:
+                    raise exc.bad_request("A PUT to a property expects a body of the form {\"value\": …}.")
+                value = body["value"]
+            else:
+                value = None
+            with self.connection(True) as conn:
+                row = self._find(conn, entity, head)
+                if row is None:
+                    raise exc.not_found(entity.name, head.key)
+                self.backend.update(conn, entity, row[entity.key], {name: value}, caller=req.caller)
+            return Result(204)
+        raise DataverseError(405, "", f"The requested resource does not support http method '{req.method}'.")
+
+    def reference(self, req: Request, conn: Connection, entity: EntityType, row: Row, nav, segment: Segment) -> Result:
+        target = self.schema.entity(nav.target)
+        assert target is not None
+        if req.method == "GET":
+            if nav.collection:
+                table = self.store.table(target)
+                rows = conn.execute(table.select().where(table.c[nav.via] == row[entity.key])).mappings().all()
+                return Result.json(200, {"@odata.context": self.context("Collection($ref)"),
+                                         "value": [{"@odata.id": self._entity_id(target, r)} for r in rows]})
+            if not row.get(nav.via):
+                return Result(204)
+            return Result.json(200, {"@odata.context": self.context("$ref"),
+                                     "@odata.id": f"{self.service_root}/{target.set_name}({row[nav.via]})"})
+        if req.method in ("PUT", "POST"):
+            body = self._body(req)
+            if not isinstance(body, dict) or not isinstance(body.get("@odata.id"), str):
+                raise exc.bad_request("A $ref request expects a body of the form {\"@odata.id\": \"…\"}.")
+            ref_entity, ref_row = self.backend.resolve_reference(conn, body["@odata.id"])
+            if ref_entity.name != target.name:
+                raise exc.bad_request(f"The reference must point to a '{target.name}' record.")
+            if nav.collection:
+                link = {nav.via: row[entity.key]}
+                if nav.discriminator:
+                    link[nav.discriminator] = nav.discriminator_value
+                self.backend.update(conn, target, ref_row[target.key], {}, caller=req.caller)
+                self.store.update(conn, target, ref_row[target.key], link)
+            else:
+                self.backend.update(conn, entity, row[entity.key],
+                                    {f"{nav.name}@odata.bind": f"/{target.set_name}({ref_row[target.key]})"},
+                                    caller=req.caller)
+            return Result(204)
+        if req.method == "DELETE":
+            if nav.collection:
+                ref_id = segment.key or req.args.get("$id")
+                if not ref_id:
+                    raise exc.bad_request("Disassociating a collection requires the related record id.")
+                if "(" in ref_id:
+                    _, ref_row = self.backend.resolve_reference(conn, ref_id)
+                else:
+                    ref_row = self.store.get(conn, target, self.backend.guid(ref_id))
+                if ref_row is None or ref_row.get(nav.via) != row[entity.key]:
+                    raise exc.not_found(target.name, ref_id)
+                self.store.update(conn, target, ref_row[target.key], {nav.via: None})
+            else:
+                self.backend.update(conn, entity, row[entity.key], {f"{nav.name}@odata.bind": None}, caller=req.caller)
+            return Result(204)
+        raise DataverseError(405, "", f"The requested resource does not support http method '{req.method}'.")
+
+    # -- bulk actions ------------------------------------------------------------------------
+    def bulk(self, req: Request, entity: EntityType, action: str) -> Result:
+        body = self._body(req)
+        targets = body.get("Targets") if isinstance(body, dict) else None
+        if not isinstance(targets, list) or not targets:
+            raise exc.bad_request(f"{action} requires a non-empty 'Targets' array.")
+        expected = f"Microsoft.Dynamics.CRM.{entity.name}"
+        for target in targets:
+            if not isinstance(target, dict):
+                raise exc.bad_request("Each item in 'Targets' must be a JSON object.")
+            if target.get("@odata.type", "").lstrip("#") != expected:
+                raise exc.bad_request(f"Each item in 'Targets' must have \"@odata.type\": \"{expected}\".")
+        ids: list[str] = []
+        results: list[dict[str, Any]] = []
+        with self.connection(True) as conn:
+            for target in targets:
+                if action == "CreateMultiple":
+                    ids.append(self.backend.create(conn, entity, target, caller=req.caller)[entity.key])
+                    continue
+                odata_id = target.get("@odata.id")
+                if odata_id:
+                    segs = split_path(odata_id.split("/api/data/v9.2/")[-1].lstrip("/"))
+                    if len(segs) != 1 or segs[0].name != entity.set_name or segs[0].key is None:
+                        raise exc.bad_request(f"Invalid @odata.id '{odata_id}' in Targets.")
+                    key = parse_key(segs[0].key)
+                elif target.get(entity.key):
+                    key = parse_key(str(target[entity.key]))
+                else:
+                    raise exc.bad_request(f"Each item in 'Targets' must identify the record ({entity.key} or @odata.id).")
+                row = self.backend.find_by_key(conn, entity, key)
+                clean = {k: v for k, v in target.items() if k not in ("@odata.id",)}
+                if row is not None:
+                    if key.named:
+                        clean = {k: v for k, v in clean.items() if k not in key.named}
+                    self.backend.update(conn, entity, row[entity.key], clean, caller=req.caller)
+                    results.append({"RecordCreated": False, "RecordId": row[entity.key]})
+                elif action == "UpdateMultiple":
+                    raise exc.not_found(entity.name, key.single or key.named)
+                else:
+                    key_values = ({n: self.backend._key_value(entity, n, v) for n, v in key.named.items()}
+                                  if key.named else {entity.key: self.backend.guid(key.single or "")})
+                    created = self.backend.create(conn, entity, clean, caller=req.caller, key_values=key_values)
+                    results.append({"RecordCreated": True, "RecordId": created[entity.key]})
+        if action == "CreateMultiple":
+            return Result.json(200, {"@odata.context": self.context("Microsoft.Dynamics.CRM.CreateMultipleResponse"),
+                                     "Ids": ids})
+        if action == "UpsertMultiple":
+            return Result.json(200, {"@odata.context": self.context("Microsoft.Dynamics.CRM.UpsertMultipleResponse"),
+                                     "Results": results})
+        return Result(204)
+
+    # -- $batch ------------------------------------------------------------------------------
+    def batch(self, req: Request) -> Result:
+        content_type = req.headers.get("Content-Type", "")
+        try:
+            parts = batch_protocol.parse_batch(req.body, content_type)
+        except batch_protocol.BatchFormatError as error:
+            raise DataverseError(error.status, error.code if error.code != "0x0" else exc.PAYLOAD_ERROR,
+                                 error.message) from error
+        prefs = parse_prefer(req.headers)
+
+        def execute(inner: batch_protocol.InnerRequest) -> batch_protocol.InnerResponse:
+            target = batch_protocol.service_path(inner.url, API_PATH)
+            path, _, query = target.partition("?")
+            if not path.startswith(API_PATH):
+                return batch_protocol.error_response(400, exc.INVALID_ARGUMENT,
+                                                     f"The URL '{inner.url}' is outside the Web API root.")
+            sub = Request(
+                method=inner.method.upper(),
+                path=unquote(path[len(API_PATH):].lstrip("/")),
+                args=MultiDict(parse_qsl(query, keep_blank_values=True)),
+                headers=inner.headers if isinstance(inner.headers, Headers) else Headers(inner.headers),
+                body=inner.body,
+                caller=req.caller,
+                raw_query=query,
+            )
+            if sub.path == "$batch":
+                return batch_protocol.error_response(400, exc.NOT_SUPPORTED, "Nested $batch requests are not supported.")
+            result = self.handle(sub)
+            if result.status == 204 and any(h[0] == "OData-EntityId" for h in result.headers) and inner.method == "POST":
+                result.headers.append(("Location", dict(result.headers)["OData-EntityId"]))
+            return batch_protocol.InnerResponse(result.status, [("OData-Version", "4.0"), *result.headers], result.body)
+
+        try:
+            outcome = batch_protocol.run_batch(
+                parts, continue_on_error="odata.continue-on-error" in prefs, execute=execute,
+                changeset_scope=self.changeset,
+            )
+        except batch_protocol.BatchFormatError as error:
+            raise DataverseError(error.status, error.code, error.message) from error
+        status, content_type, body = batch_protocol.render_batch_response(outcome)
+        return Result(status, [("Content-Type", content_type)], body)
+
+
+WHOAMI_CSDL = (
+    '<ComplexType Name="WhoAmIResponse"><Property Name="BusinessUnitId" Type="Edm.Guid" Nullable="false"/>'
+    '<Property Name="UserId" Type="Edm.Guid" Nullable="false"/>'
+    '<Property Name="OrganizationId" Type="Edm.Guid" Nullable="false"/></ComplexType>'
+    '<Function Name="WhoAmI"><ReturnType Type="Microsoft.Dynamics.CRM.WhoAmIResponse" Nullable="false"/></Function>'
+)
+
+
+def new_correlation_id() -> str:
+    return str(uuid.uuid4())

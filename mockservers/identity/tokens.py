@@ -1,0 +1,180 @@
+"""Issuing and validating the sandbox's access tokens (RS256 JWTs, PyJWT does the JOSE work).
+
+`TokenIssuer` is used by the identity service; `TokenValidator` by each resource service, which
+turns an `InvalidToken` into its own 401 answer.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any, Protocol
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mockservers.identity.exceptions import InvalidToken
+from mockservers.identity.keys import SigningKey
+from mockservers.identity.registrations import AppRegistration
+
+DEFAULT_LIFETIME = 3599
+DEFAULT_LEEWAY = 30
+ALGORITHM = "RS256"
+
+
+class TokenIssuer:
+    """Signs app-only access tokens the way Entra shapes them for client credentials.
+
+    `public_url` is the identity service's base URL; it may be assigned after the server has bound
+    its port (tests bind port 0), before the first token is issued.
+    """
+
+    def __init__(self, signing_key: SigningKey, public_url: str, lifetime: int = DEFAULT_LIFETIME) -> None:
+        self.signing_key = signing_key
+        self.public_url = public_url
+        self.lifetime = lifetime
+
+    def issuer_for(self, tenant_id: str) -> str:
+        if not self.public_url:
+            raise RuntimeError("TokenIssuer.public_url must be set before tokens are issued")
+        return f"{self.public_url.rstrip('/')}/{tenant_id}/v2.0"
+
+    def issue(self, app: AppRegistration, resource: str, tenant_id: str, *,
+              lifetime: int | None = None, now: float | None = None) -> tuple[str, int]:
+        """Return `(access_token, expires_in)`; `aud` is `resource` exactly as given."""
+        lifetime = self.lifetime if lifetime is None else lifetime
+        issued_at = int(time.time() if now is None else now)
+        claims: dict[str, Any] = {
+            "aud": resource,
+            "iss": self.issuer_for(tenant_id),
+            "iat": issued_at,
+            "nbf": issued_at,
+            "exp": issued_at + lifetime,
+            "tid": tenant_id,
+            "appid": app.client_id,
+            "azp": app.client_id,
+            "appidacr": "1",
+            "oid": app.object_id,
+            "sub": app.object_id,
+            "idtyp": "app",
+            "ver": "1.0",
+            "uti": uuid.uuid4().hex,
+        }
+        if app.roles:
+            claims["roles"] = list(app.roles)
+        token = jwt.encode(
+            claims, self.signing_key.private_key, algorithm=ALGORITHM,
+            headers={"kid": self.signing_key.kid, "typ": "JWT"},
+        )
+        return token, lifetime
+
+    def validator(self, tenant_id: str, leeway: int = DEFAULT_LEEWAY) -> TokenValidator:
+        """A validator for this issuer's tokens (what an in-process resource service needs)."""
+        return TokenValidator(self.signing_key.jwks(), self.issuer_for(tenant_id), tenant_id, leeway=leeway)
+
+
+class JwksClient(Protocol):
+    """The part of `jwt.PyJWKClient` the validator uses (fetching keys over HTTP)."""
+
+    def get_signing_key_from_jwt(self, token: str) -> jwt.PyJWK: ...
+
+
+KeySource = Mapping[str, Any] | rsa.RSAPublicKey | SigningKey | JwksClient
+
+
+def bearer_challenge(identity_url: str, tenant_id: str, resource_id: str) -> str:
+    """The `WWW-Authenticate` value Dataverse sends with a 401: where to get a token, and for what."""
+    return (f"Bearer authorization_uri={identity_url.rstrip('/')}/{tenant_id}/oauth2/authorize, "
+            f"resource_id={resource_id.rstrip('/')}/")
+
+
+def _strip_slash(value: str) -> str:
+    return value.rstrip("/")
+
+
+class TokenValidator:
+    """Checks a bearer token as Dataverse and BC do: signature, lifetime, tenant, issuer, audience.
+
+    `keys` is a JWKS document, an RSA public key, a `SigningKey`, or a `jwt.PyJWKClient`.
+    """
+
+    def __init__(self, keys: KeySource, issuer: str, tenant_id: str, leeway: int = DEFAULT_LEEWAY) -> None:
+        self._keys = keys
+        self.issuer = issuer
+        self.tenant_id = tenant_id
+        self.leeway = leeway
+        self._jwks: dict[str, jwt.PyJWK] = {}
+        self._only_key: jwt.PyJWK | None = None
+        if isinstance(keys, Mapping):
+            key_set = jwt.PyJWKSet.from_dict(dict(keys))
+            self._jwks = {k.key_id: k for k in key_set.keys if k.key_id}
+            self._only_key = key_set.keys[0] if len(key_set.keys) == 1 else None
+
+    def _key_for(self, token: str, header: Mapping[str, Any]) -> Any:
+        keys = self._keys
+        if isinstance(keys, SigningKey):
+            if header.get("kid") not in (None, keys.kid):
+                raise InvalidToken("signature", f"The signing key '{header.get('kid')}' is not known.")
+            return keys.public_key
+        if isinstance(keys, rsa.RSAPublicKey):
+            return keys
+        if isinstance(keys, Mapping):
+            kid = header.get("kid")
+            found = self._jwks.get(kid) if kid else self._only_key
+            if found is None:
+                raise InvalidToken("signature", f"The signing key '{kid}' is not known.")
+            return found
+        try:
+            return keys.get_signing_key_from_jwt(token)
+        except jwt.PyJWKClientError as exc:
+            raise InvalidToken("signature", f"The signing key could not be found: {exc}") from exc
+
+    def validate(self, token: str | None, audiences: Iterable[str] | str) -> dict[str, Any]:
+        """Return the claims of a token valid for one of `audiences`, else raise `InvalidToken`."""
+        if isinstance(audiences, str):
+            audiences = {audiences}
+        if not token or not token.strip():
+            raise InvalidToken("missing", "No bearer token was presented.")
+        token = token.strip()
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError as exc:
+            raise InvalidToken("malformed", f"The token is not a well-formed JWT: {exc}") from exc
+        if header.get("alg") != ALGORITHM:
+            raise InvalidToken("signature", f"The token algorithm '{header.get('alg')}' is not accepted.")
+        key = self._key_for(token, header)
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token, key, algorithms=[ALGORITHM], leeway=self.leeway,
+                options={"verify_aud": False, "verify_iss": False, "require": ["exp", "iss", "aud", "tid"]},
+            )
+        except jwt.InvalidSignatureError as exc:
+            raise InvalidToken("signature", "The token signature is invalid.") from exc
+        except jwt.ExpiredSignatureError as exc:
+            raise InvalidToken("expired", "The token is expired.") from exc
+        except jwt.ImmatureSignatureError as exc:
+            raise InvalidToken("expired", "The token is not valid yet (nbf/iat in the future).") from exc
+        except jwt.InvalidTokenError as exc:
+            raise InvalidToken("malformed", f"The token is malformed: {exc}") from exc
+        if claims.get("tid") != self.tenant_id:
+            raise InvalidToken("tenant", f"The token was issued for tenant '{claims.get('tid')}', "
+                                         f"not '{self.tenant_id}'.")
+        if _strip_slash(str(claims.get("iss"))) != _strip_slash(self.issuer):
+            raise InvalidToken("issuer", f"The token issuer '{claims.get('iss')}' is not trusted.")
+        wanted = {_strip_slash(a).lower() for a in audiences}
+        presented = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if not any(isinstance(a, str) and _strip_slash(a).lower() in wanted for a in presented):
+            raise InvalidToken("audience", f"The token audience '{claims['aud']}' is not valid for this "
+                                           "resource.")
+        return claims
+
+    def validate_authorization(self, header_value: str | None,
+                               audiences: Iterable[str] | str) -> dict[str, Any]:
+        """Validate an `Authorization` header value (`Bearer <token>`)."""
+        if not header_value or not header_value.strip():
+            raise InvalidToken("missing", "The request has no Authorization header.")
+        scheme, _, token = header_value.strip().partition(" ")
+        if scheme.lower() != "bearer":
+            raise InvalidToken("missing", f"The Authorization scheme '{scheme}' is not Bearer.")
+        return self.validate(token, audiences)

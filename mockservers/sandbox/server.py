@@ -1,0 +1,151 @@
+"""Run the emulated services in one process (one thread per service) and publish sandbox.json.
+
+Sockets are bound first so that port 0 works (tests) and every public URL is known before the
+apps are built: the Dataverse org URL is also the token audience.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from ..dataverse.app import create_app as create_dataverse_app
+from ..dataverse.app import new_sandbox_services as dataverse_sandbox
+from ..dataverse.models import DataverseBackend
+from ..identity import BUSINESS_CENTRAL_RESOURCE, TokenIssuer, load_default_directory, load_signing_key
+from ..identity import create_app as create_identity_app
+from .tls import TlsFiles, ensure_certificates, ssl_context
+
+BC_ENVIRONMENT = "production"
+ADMIN_TOKEN_FILE = "admin-token"
+
+
+class _AppSlot:
+    """WSGI callable bound to a socket before its Flask app exists."""
+
+    def __init__(self) -> None:
+        self.app: Any = None
+
+    def __call__(self, environ, start_response):
+        return self.app(environ, start_response)
+
+
+@dataclass
+class SandboxConfig:
+    data_dir: Path = Path(".sandbox")
+    host: str = "127.0.0.1"
+    identity_port: int = 5000
+    dataverse_port: int = 5001
+    bc_port: int = 5002
+    tls: bool = False
+    seed: bool = False
+    fixture: str = "default"
+    db_url: str | None = None  # SQLAlchemy URL for Dataverse; default: SQLite file in data_dir
+    auth: bool = True
+
+
+@dataclass
+class Sandbox:
+    config: SandboxConfig
+    servers: dict[str, BaseWSGIServer] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    threads: list[threading.Thread] = field(default_factory=list)
+    tls_files: TlsFiles | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> dict[str, Any]:
+        cfg = self.config
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        ctx = None
+        if cfg.tls:
+            self.tls_files = ensure_certificates(cfg.data_dir)
+            ctx = ssl_context(self.tls_files)
+        scheme = "https" if cfg.tls else "http"
+        public_host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
+        slots: dict[str, _AppSlot] = {}
+        for name, port in (("identity", cfg.identity_port), ("dataverse", cfg.dataverse_port)):
+            slot = _AppSlot()
+            server = make_server(cfg.host, port, slot, threaded=True, ssl_context=ctx)
+            self.servers[name] = server
+            slots[name] = slot
+            self.urls[name] = f"{scheme}://{public_host}:{server.port}"
+
+        directory = load_default_directory()
+        dataverse_url = self.urls["dataverse"]
+        directory.add_resource(dataverse_url)
+        directory.add_resource(BUSINESS_CENTRAL_RESOURCE)
+        issuer = TokenIssuer(load_signing_key(cfg.data_dir), public_url=self.urls["identity"])
+        slots["identity"].app = create_identity_app(directory, issuer)
+
+        db_url = cfg.db_url or f"sqlite:///{(cfg.data_dir / 'dataverse.db').resolve()}"
+        backend = DataverseBackend(db_url, fixture=cfg.fixture)
+        if cfg.seed:
+            backend.seed(cfg.fixture)
+        admin_token = self._admin_token()
+        sandbox = dataverse_sandbox()
+        sandbox.admin_token = admin_token
+        slots["dataverse"].app = create_dataverse_app(
+            backend,
+            public_url=dataverse_url,
+            validator=issuer.validator(directory.tenant_id) if cfg.auth else None,
+            identity_url=self.urls["identity"],
+            tenant_id=directory.tenant_id,
+            sandbox=sandbox,
+        )
+        self.backends = {"dataverse": backend}
+        app = directory.integration_app
+        bc_url = f"{scheme}://{public_host}:{cfg.bc_port}"
+        self.info = {
+            "tenant_id": directory.tenant_id,
+            "identity": {"url": self.urls["identity"],
+                         "authority": f"{self.urls['identity']}/{directory.tenant_id}"},
+            "dataverse": {"url": dataverse_url, "api_root": f"{dataverse_url}/api/data/v9.2",
+                          "scope": f"{dataverse_url}/.default",
+                          "organization_id": backend.organization.organization_id},
+            "bc": {"url": bc_url,
+                   "api_root": f"{bc_url}/v2.0/{directory.tenant_id}/{BC_ENVIRONMENT}/api/v2.0",
+                   "environment": BC_ENVIRONMENT,
+                   "scope": f"{BUSINESS_CENTRAL_RESOURCE}/.default",
+                   "companies": self._bc_companies(backend),
+                   "served": False},
+            "app": {"client_id": app.client_id, "client_secret": app.client_secret},
+            "admin_token": admin_token,
+            "ca_bundle": str(self.tls_files.ca_bundle.resolve()) if self.tls_files else None,
+        }
+        (cfg.data_dir / "sandbox.json").write_text(json.dumps(self.info, indent=2) + "\n")
+        for name, server in self.servers.items():
+            thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        return self.info
+
+    def _admin_token(self) -> str:
+        path = self.config.data_dir / ADMIN_TOKEN_FILE
+        if path.is_file():
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        path.write_text(token)
+        path.chmod(0o600)
+        return token
+
+    @staticmethod
+    def _bc_companies(backend: DataverseBackend) -> list[dict[str, str]]:
+        table = backend.store.table(backend.entity("bcbi_company"))
+        with backend.store.read() as conn:
+            rows = conn.execute(table.select().order_by(table.c.bcbi_name)).mappings().all()
+        return [{"id": r["bcbi_externalid"], "name": r["bcbi_name"]} for r in rows if r.get("bcbi_externalid")]
+
+    def stop(self) -> None:
+        for server in self.servers.values():
+            server.shutdown()
+            server.server_close()
+        for thread in self.threads:
+            thread.join(timeout=5)
+        for backend in getattr(self, "backends", {}).values():
+            backend.store.engine.dispose()
