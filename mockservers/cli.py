@@ -13,7 +13,7 @@ from rich.console import Console
 
 from .sandbox.server import Sandbox, SandboxConfig
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @click.group()
@@ -49,6 +49,9 @@ def serve(data_dir: Path, seed: bool, fixture: str, tls: bool, host: str, identi
     console.print(f"[bold]bc-dataverse-sandbox[/bold] running (state in {data_dir.resolve()})")
     console.print(f"  identity   {info['identity']['url']}  tenant {info['tenant_id']}")
     console.print(f"  dataverse  {info['dataverse']['api_root']}")
+    console.print(f"  bc         {info['bc']['api_root']}")
+    for company in info["bc"]["companies"]:
+        console.print(f"             company {company['id']}  {company['name']}")
     console.print(f"  app        client_id {info['app']['client_id']}")
     console.print(f"             client_secret {info['app']['client_secret']}")
     if info["ca_bundle"]:

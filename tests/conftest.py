@@ -54,14 +54,33 @@ class RunningSandbox:
         })
         return s
 
-    def control(self, method: str, path: str, **kwargs: Any) -> requests.Response:
-        url = f"{self.info['dataverse']['url']}/_sandbox/{path.lstrip('/')}"
+    @property
+    def bc_api(self) -> str:
+        return self.info["bc"]["api_root"]
+
+    @property
+    def companies(self) -> list[str]:
+        """BC company ids, CRONUS USA first."""
+        return [c["id"] for c in self.info["bc"]["companies"]]
+
+    def bc_token(self) -> str:
+        return self.token(scope=self.info["bc"]["scope"])
+
+    def bc_session(self) -> requests.Session:
+        s = requests.Session()
+        s.verify = self.ca_bundle
+        s.headers.update({"Authorization": f"Bearer {self.bc_token()}", "Accept": "application/json"})
+        return s
+
+    def control(self, method: str, path: str, service: str = "dataverse", **kwargs: Any) -> requests.Response:
+        url = f"{self.info[service]['url']}/_sandbox/{path.lstrip('/')}"
         headers = {"Authorization": f"Bearer {self.info['admin_token']}"}
         return requests.request(method, url, headers=headers, verify=self.ca_bundle, timeout=10, **kwargs)
 
 
 def start_sandbox(data_dir: Path, *, seed: bool = True) -> RunningSandbox:
-    config = SandboxConfig(data_dir=data_dir, identity_port=0, dataverse_port=0, bc_port=0, tls=True, seed=seed)
+    config = SandboxConfig(data_dir=data_dir, identity_port=0, dataverse_port=0, bc_port=0, tls=True, seed=seed,
+                           webhook_delay_seconds=0.2)
     sandbox = Sandbox(config)
     info = sandbox.start()
     return RunningSandbox(sandbox, info, data_dir)
@@ -89,3 +108,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox
 def dv(sandbox: RunningSandbox) -> requests.Session:
     """An authenticated session for the Dataverse Web API of the module's sandbox."""
     return sandbox.session()
+
+
+@pytest.fixture(scope="module")
+def bc(sandbox: RunningSandbox) -> requests.Session:
+    """An authenticated session for the BC API of the module's sandbox."""
+    return sandbox.bc_session()

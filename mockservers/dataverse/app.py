@@ -8,12 +8,13 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..identity import InvalidToken, TokenValidator, bearer_challenge
+from ..odata.protocol import to_response
 from ..sandbox.control import control_blueprint
 from ..sandbox.hooks import SandboxServices, install_sandbox_hooks, note_batch_operations, sandbox_admit
 from ..sandbox.limits import DATAVERSE_LIMITS, DATAVERSE_MESSAGES, ServiceProtection, dataverse_budget_headers
 from .exceptions import DataverseError
 from .models import DataverseBackend
-from .responses import API_PATH, DataverseService, Request, Result
+from .responses import API_PATH, DataverseService, Request
 
 MAX_BODY_BYTES = 128 * 1024 * 1024
 UNAUTHORIZED_CODE = "0x80072560"
@@ -105,7 +106,7 @@ def create_app(
         )
         if path == "$batch":
             note_batch_operations(request.get_data().count(b"HTTP/1.1"))
-        return to_flask(service.handle(req))
+        return to_response(service.handle(req))
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:
@@ -127,11 +128,3 @@ def create_app(
 
     return app
 
-
-def to_flask(result: Result) -> Response:
-    response = Response(result.body, status=result.status)
-    response.headers.pop("Content-Type", None)
-    for name, value in result.headers:
-        response.headers.add(name, value)
-    response.headers["OData-Version"] = "4.0"
-    return response

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..odata import errors as engine
+from ..odata.protocol import Result
 from ..odata.schema import EntityType
 
 
@@ -16,6 +17,9 @@ class DataverseError(Exception):
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
+
+    def result(self) -> Result:
+        return Result.json(self.status, self.body(), list(self.headers.items()))
 
 
 # Codes from the Dataverse error list (reference §5.2).

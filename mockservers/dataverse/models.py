@@ -122,7 +122,8 @@ class DataverseBackend:
                     400, exc.INVALID_ARGUMENT,
                     f"The key attribute(s) {', '.join(values)} do not form an alternate key of '{entity.name}'.")
             return self.store.find(conn, entity, values)
-        assert key.single is not None
+        if key.single is None:  # `accounts(null)`: a key segment without a value
+            raise DataverseError(400, exc.INVALID_ARGUMENT, "Bad Request - Error in query syntax: the key is null.")
         return self.store.get(conn, entity, self.guid(key.single))
 
     def _key_value(self, entity: EntityType, name: str, value: Any) -> Any:
@@ -179,11 +180,7 @@ class DataverseBackend:
             nav_name = aliases.get(target.name)
             nav = entity.navigation(nav_name) if nav_name else None
         if nav is None:
-            raise exc.bad_request(
-                f"An undeclared property '{name}' which only has property annotations in the payload but no "
-                f"property value was found in the payload. In OData, only declared navigation properties and "
-                f"declared named streams can be represented as properties without values."
-            )
+            raise _undeclared_bind(name)
         if nav.target != target.name:
             raise exc.bad_request(f"The navigation property '{name}' cannot be bound to a '{target.name}' record.")
         return nav
@@ -259,6 +256,8 @@ class DataverseBackend:
                 raise exc.bad_request(f"An undeclared property '{nav_name}' was found in the payload.")
             self._set_lookup(entity, nav, None, values)
             return
+        if entity.navigation(nav_name) is None and not entity.extra.get("bind_aliases", {}).get(nav_name):
+            raise _undeclared_bind(nav_name)  # the payload is rejected before the reference is looked up
         target, row = self.resolve_reference(conn, value)
         nav = self._bind_navigation(entity, nav_name, target)
         self._set_lookup(entity, nav, row[target.key], values)
@@ -438,6 +437,14 @@ class DataverseBackend:
     def reset(self) -> None:
         self.store.reset()
         self.seed(self.fixture_name, system_only=True)
+
+
+def _undeclared_bind(name: str) -> DataverseError:
+    return exc.bad_request(
+        f"An undeclared property '{name}' which only has property annotations in the payload but no "
+        f"property value was found in the payload. In OData, only declared navigation properties and "
+        f"declared named streams can be represented as properties without values."
+    )
 
 
 def _binds_to_missing(backend: DataverseBackend, conn: Connection, key: str, value: Any) -> bool:

@@ -6,13 +6,10 @@ it never touches Flask, so the same code serves HTTP, batches and in-process use
 
 from __future__ import annotations
 
-import contextvars
 import json
 import re
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
@@ -22,9 +19,11 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from ..odata import errors as engine
 from ..odata.csdl import render_csdl
+from ..odata.protocol import Result, parse_prefer
 from ..odata.query import QueryOptions, parse_options
 from ..odata.schema import EntityType
 from ..odata.storage import Row
+from ..odata.transactions import Transactions
 from ..odata.urlpath import Segment, parse_key, split_path
 from . import batch as batch_protocol
 from . import exceptions as exc
@@ -37,10 +36,8 @@ from .serializer import Annotations, Serializer, etag
 API_PATH = "/api/data/v9.2"
 MAX_PAGE_SIZE = 5000
 COUNT_LIMIT = 5000
-JSON_TYPE = "application/json; odata.metadata=minimal"
 BULK_ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
 
-_current_conn: contextvars.ContextVar[Connection | None] = contextvars.ContextVar("dataverse_conn", default=None)
 
 
 @dataclass
@@ -52,31 +49,6 @@ class Request:
     body: bytes
     caller: Caller
     raw_query: str = ""
-
-
-@dataclass
-class Result:
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-
-    @classmethod
-    def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Result:
-        return cls(status, [("Content-Type", JSON_TYPE), *(headers or [])], json.dumps(payload).encode())
-
-    @classmethod
-    def error(cls, error: DataverseError) -> Result:
-        return cls.json(error.status, error.body(), list(error.headers.items()))
-
-
-def parse_prefer(headers: Headers) -> dict[str, str]:
-    prefs: dict[str, str] = {}
-    for value in headers.getlist("Prefer"):
-        for part in re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", value):
-            name, _, setting = part.strip().partition("=")
-            if name:
-                prefs[name.strip().lower()] = setting.strip()
-    return prefs
 
 
 def parse_etag(value: str) -> int | None:
@@ -91,37 +63,26 @@ class DataverseService:
         self.store = backend.store
         self.service_root = service_root.rstrip("/")
         self.serializer = Serializer(self.schema, self.store)
+        self.tx = Transactions(self.store)
         self._csdl: str | None = None
 
     # -- transactions ------------------------------------------------------------------------
-    @contextmanager
-    def connection(self, write: bool) -> Iterator[Connection]:
-        shared = _current_conn.get()
-        if shared is not None:
-            yield shared
-            return
-        with (self.store.write() if write else self.store.read()) as conn:
-            yield conn
+    def connection(self, write: bool):
+        return self.tx.connection(write)
 
-    @contextmanager
-    def changeset(self) -> Iterator[None]:
-        with self.store.write() as conn:
-            token = _current_conn.set(conn)
-            try:
-                yield
-            finally:
-                _current_conn.reset(token)
+    def changeset(self):
+        return self.tx.shared()
 
     # -- entry point -------------------------------------------------------------------------
     def handle(self, req: Request) -> Result:
         try:
             return self._dispatch(req)
         except DataverseError as error:
-            return Result.error(error)
+            return error.result()
         except MetadataError as error:
-            return Result.error(DataverseError(error.status, error.code, error.message))
+            return DataverseError(error.status, error.code, error.message).result()
         except engine.ODataError as error:
-            return Result.error(exc.from_engine(error))
+            return exc.from_engine(error).result()
 
     def _dispatch(self, req: Request) -> Result:
         if "$skip" in req.args:

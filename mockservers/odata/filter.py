@@ -162,6 +162,12 @@ class FilterVisitor(AstToSqlAlchemyOrmVisitor):
         return ~owner_prop.any(~sub) if sub is not None else ~owner_prop.any()
 
     # -- literals ---------------------------------------------------------------------------
+    def visit_Integer(self, node: ast.Integer) -> Any:
+        value = node.py_val
+        if not -(2**63) <= value < 2**63:  # beyond Edm.Int64: the database driver would overflow
+            raise QuerySyntaxError(f"The integer literal '{node.val}' is out of range.")
+        return sa.literal(value)
+
     def visit_GUID(self, node: ast.GUID) -> Any:
         return sa.literal(node.val.lower(), sa.String(36))
 

@@ -2,7 +2,8 @@
 
 odata-query covers `$filter` only; `$select`, `$orderby`, `$top`, `$skip`, `$count` and `$expand`
 are parsed here (their grammar is a comma list with nested parentheses) and validated against the
-declarations. Paging is offset-based behind an opaque token chosen by each service.
+declarations. Paging is keyset-based (rows after the last row of the previous page, in the query's
+order) or offset-based, behind a token each service encodes its own way.
 """
 
 from __future__ import annotations
@@ -220,6 +221,22 @@ class QueryRunner:
             stmt = stmt.order_by(col.desc() if desc else col.asc())
         return stmt.order_by(table.c[entity.key].asc())  # stable pages
 
+    def after_condition(self, entity: EntityType, orderby: list[tuple[str, bool]], last: Row) -> Any:
+        """Rows that sort after ``last`` in ``orderby`` + key order (NULLs first ascending, as SQLite)."""
+        table = self.store.table(entity)
+        keys = [(name, desc) for name, desc in orderby] + [(entity.key, False)]
+        condition = None
+        for name, desc in reversed(keys):
+            col, value = table.c[name], last.get(name)
+            if value is None:
+                beyond = col.is_not(None) if not desc else sa.false()
+                same = col.is_(None)
+            else:
+                beyond = (col > value) if not desc else sa.or_(col < value, col.is_(None))
+                same = col == value
+            condition = beyond if condition is None else sa.or_(beyond, sa.and_(same, condition))
+        return condition
+
     def run(
         self,
         conn: Connection,
@@ -229,9 +246,10 @@ class QueryRunner:
         conditions: list[Any] | None = None,
         page_size: int | None = None,
         offset: int = 0,
+        after: Row | None = None,
         count_cap: int | None = None,
     ) -> Page:
-        """One page of an entity-set query. ``offset`` comes from the service's skip token."""
+        """One page of an entity-set query, continuing ``offset`` rows in or after the row ``after``."""
         self.check_select(entity, opts.select)
         self.check_expand(entity, opts.expand)
         stmt = self.base_select(entity, opts, conditions or [])
@@ -241,8 +259,10 @@ class QueryRunner:
             if count_cap is not None:
                 counted = counted.limit(count_cap)
             count = int(conn.execute(sa.select(sa.func.count()).select_from(counted.subquery())).scalar_one())
+        if after is not None:
+            stmt = stmt.where(self.after_condition(entity, opts.orderby, after))
         stmt = self.order(entity, stmt, opts.orderby)
-        start = offset + (opts.skip or 0)
+        start = offset + (opts.skip or 0) if after is None else 0
         limit = None
         if opts.top is not None:
             limit = max(opts.top - offset, 0)

@@ -15,6 +15,10 @@ from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
 
+from ..bc.app import create_app as create_bc_app
+from ..bc.app import new_sandbox_services as bc_sandbox
+from ..bc.models import BCBackend
+from ..bc.webhooks import WebhookConfig, Webhooks
 from ..dataverse.app import create_app as create_dataverse_app
 from ..dataverse.app import new_sandbox_services as dataverse_sandbox
 from ..dataverse.models import DataverseBackend
@@ -22,7 +26,6 @@ from ..identity import BUSINESS_CENTRAL_RESOURCE, TokenIssuer, load_default_dire
 from ..identity import create_app as create_identity_app
 from .tls import TlsFiles, ensure_certificates, ssl_context
 
-BC_ENVIRONMENT = "production"
 ADMIN_TOKEN_FILE = "admin-token"
 
 
@@ -47,6 +50,8 @@ class SandboxConfig:
     seed: bool = False
     fixture: str = "default"
     db_url: str | None = None  # SQLAlchemy URL for Dataverse; default: SQLite file in data_dir
+    bc_db_url: str | None = None  # SQLAlchemy URL for BC; default: SQLite file in data_dir
+    webhook_delay_seconds: float = 30.0
     auth: bool = True
 
 
@@ -69,7 +74,7 @@ class Sandbox:
         scheme = "https" if cfg.tls else "http"
         public_host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
         slots: dict[str, _AppSlot] = {}
-        for name, port in (("identity", cfg.identity_port), ("dataverse", cfg.dataverse_port)):
+        for name, port in (("identity", cfg.identity_port), ("dataverse", cfg.dataverse_port), ("bc", cfg.bc_port)):
             slot = _AppSlot()
             server = make_server(cfg.host, port, slot, threaded=True, ssl_context=ctx)
             self.servers[name] = server
@@ -98,9 +103,30 @@ class Sandbox:
             tenant_id=directory.tenant_id,
             sandbox=sandbox,
         )
-        self.backends = {"dataverse": backend}
+        bc_db_url = cfg.bc_db_url or f"sqlite:///{(cfg.data_dir / 'bc.db').resolve()}"
+        bc_backend = BCBackend(bc_db_url, fixture=cfg.fixture)
+        if cfg.seed:
+            bc_backend.seed(cfg.fixture)
+        verify: bool | str = str(self.tls_files.ca_bundle) if self.tls_files else True
+        self.webhooks = Webhooks(
+            bc_backend.store.engine,
+            WebhookConfig(delay_seconds=cfg.webhook_delay_seconds, verify=verify),
+            supported_resource=lambda set_name: bool(
+                (e := bc_backend.schema.by_set(set_name)) is not None and e.extra.get("webhooks")),
+        )
+        self.webhooks.start()
+        bc_services = bc_sandbox()
+        bc_services.admin_token = admin_token
+        slots["bc"].app = create_bc_app(
+            bc_backend,
+            validator=issuer.validator(directory.tenant_id) if cfg.auth else None,
+            tenant_aliases={directory.tenant_id, *directory.domains},
+            sandbox=bc_services,
+            webhooks=self.webhooks,
+        )
+        self.backends = {"dataverse": backend, "bc": bc_backend}
         app = directory.integration_app
-        bc_url = f"{scheme}://{public_host}:{cfg.bc_port}"
+        bc_url = self.urls["bc"]
         self.info = {
             "tenant_id": directory.tenant_id,
             "identity": {"url": self.urls["identity"],
@@ -109,11 +135,10 @@ class Sandbox:
                           "scope": f"{dataverse_url}/.default",
                           "organization_id": backend.organization.organization_id},
             "bc": {"url": bc_url,
-                   "api_root": f"{bc_url}/v2.0/{directory.tenant_id}/{BC_ENVIRONMENT}/api/v2.0",
-                   "environment": BC_ENVIRONMENT,
+                   "api_root": f"{bc_url}/v2.0/{directory.tenant_id}/{bc_backend.environment}/api/v2.0",
+                   "environment": bc_backend.environment,
                    "scope": f"{BUSINESS_CENTRAL_RESOURCE}/.default",
-                   "companies": self._bc_companies(backend),
-                   "served": False},
+                   "companies": [{"id": c.id, "name": c.name} for c in bc_backend.companies.values()]},
             "app": {"client_id": app.client_id, "client_secret": app.client_secret},
             "admin_token": admin_token,
             "ca_bundle": str(self.tls_files.ca_bundle.resolve()) if self.tls_files else None,
@@ -134,18 +159,13 @@ class Sandbox:
         path.chmod(0o600)
         return token
 
-    @staticmethod
-    def _bc_companies(backend: DataverseBackend) -> list[dict[str, str]]:
-        table = backend.store.table(backend.entity("bcbi_company"))
-        with backend.store.read() as conn:
-            rows = conn.execute(table.select().order_by(table.c.bcbi_name)).mappings().all()
-        return [{"id": r["bcbi_externalid"], "name": r["bcbi_name"]} for r in rows if r.get("bcbi_externalid")]
-
     def stop(self) -> None:
         for server in self.servers.values():
             server.shutdown()
             server.server_close()
         for thread in self.threads:
             thread.join(timeout=5)
+        if getattr(self, "webhooks", None) is not None:
+            self.webhooks.stop()
         for backend in getattr(self, "backends", {}).values():
             backend.store.engine.dispose()

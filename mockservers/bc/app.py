@@ -1,0 +1,111 @@
+"""Flask app factory for the BC API v2.0: authentication, sandbox hooks, routing to the service."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from ..identity import BUSINESS_CENTRAL_RESOURCE, InvalidToken, TokenValidator
+from ..odata.protocol import to_response
+from ..sandbox.control import control_blueprint
+from ..sandbox.hooks import SandboxServices, install_sandbox_hooks, note_batch_operations, sandbox_admit
+from ..sandbox.limits import BC_LIMITS, BC_MESSAGES, ServiceProtection
+from .models import BCBackend
+from .responses import BCService, Request
+
+MAX_BODY_BYTES = 350 * 1024 * 1024
+
+
+def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+    correlation = str(uuid.uuid4())
+    body = json.dumps({"error": {"code": code, "message": f"{message}  CorrelationId:  {correlation}."}})
+    response = Response(body, status=status, content_type="application/json")
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    response.headers["request-id"] = correlation
+    response.headers["OData-Version"] = "4.0"
+    return response
+
+
+def new_sandbox_services() -> SandboxServices:
+    return SandboxServices(limits=ServiceProtection(BC_LIMITS, messages=BC_MESSAGES))
+
+
+def create_app(
+    backend: BCBackend,
+    *,
+    validator: TokenValidator | None,
+    tenant_aliases: set[str] | None = None,
+    sandbox: SandboxServices | None = None,
+    webhooks=None,
+    max_page_size: int | None = None,
+) -> Flask:
+    """``validator`` None disables authentication (tests of the protocol alone)."""
+    app = Flask("mockservers.bc")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    kwargs = {"max_page_size": max_page_size} if max_page_size else {}
+    service = BCService(backend, tenant_aliases=tenant_aliases, webhooks=webhooks, **kwargs)
+    sandbox = sandbox or new_sandbox_services()
+    app.extensions["bc"] = {"backend": backend, "service": service, "sandbox": sandbox}
+    install_sandbox_hooks(app, sandbox, service="bc", principal=lambda: g.get("principal"),
+                          render_error=_error_response)
+
+    def seed(name: str) -> dict:
+        try:
+            return {"seeded": backend.seed(name)}
+        except FileNotFoundError as error:
+            raise LookupError(str(error)) from error
+
+    app.register_blueprint(control_blueprint(sandbox, reset=backend.reset, seed=seed))
+
+    audiences = {BUSINESS_CENTRAL_RESOURCE}
+
+    @app.route("/<path:path>", methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
+    def api(path: str) -> Response:
+        claims: dict = {}
+        if validator is not None:
+            try:
+                claims = validator.validate_authorization(request.headers.get("Authorization"), audiences)
+            except InvalidToken:
+                return _error_response(401, "Authentication_InvalidCredentials",
+                                       "The server has rejected the client credentials.",
+                                       {"WWW-Authenticate": f'Bearer realm="", error="invalid_token", '
+                                                           f'resource_id="{BUSINESS_CENTRAL_RESOURCE}"'})
+        g.principal = claims.get("oid") or claims.get("appid")
+        sandbox_admit(g.principal)
+        req = Request(
+            method=request.method,
+            path=request.path,
+            args=request.args,
+            headers=request.headers,
+            body=request.get_data(cache=True),
+            base_url=request.host_url.rstrip("/"),
+            principal=claims,
+        )
+        if path.endswith("$batch"):
+            with contextlib.suppress(ValueError, AttributeError):
+                note_batch_operations(len(json.loads(req.body).get("requests", [])))
+        return to_response(service.handle(req))
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        if error.code == 404:
+            return _error_response(404, "BadRequest_NotFound",
+                                   f"No HTTP resource was found that matches the request URI '{request.url}'.")
+        if error.code == 405:
+            return _error_response(405, "BadRequest_MethodNotAllowed", f"'{request.method}' requests are not allowed.")
+        if error.code == 413:
+            return _error_response(413, "RequestEntityTooLarge", "The request body is too large.")
+        return _error_response(error.code or 400, "BadRequest", error.description or "Bad request.")
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        app.logger.exception("unexpected error")
+        return _error_response(500, "Internal_ServerError", "An unexpected error occurred.")
+
+    return app
+

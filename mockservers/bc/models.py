@@ -1,0 +1,293 @@
+"""Business Central state: companies and their entities in a SQL store, with BC's write rules.
+
+The rules BC's API pages apply on write live here: Code fields upper-cased, enum names with XML
+escaping, zero GUIDs for empty references, id/code pairs kept in sync (currencyId/currencyCode),
+number series for `number`, and the AL validation errors (`A "displayName" must be provided.`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ..odata import errors as engine
+from ..odata.csdl import xml_name
+from ..odata.query import QueryRunner
+from ..odata.schema import Edm, EntityType, Property, Schema
+from ..odata.storage import Row, Store, utcnow
+from ..odata.values import parse_guid, to_stored
+from . import exceptions as exc
+from .exceptions import BCError
+from .tables import build_schema
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+ZERO_GUID = "00000000-0000-0000-0000-000000000000"
+
+
+def load_fixture(name: str) -> dict:
+    path = FIXTURES / name / "bc.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no Business Central fixture named {name!r} ({path})")
+    return json.loads(path.read_text())
+
+
+def enum_names(prop: Property) -> dict[str, str]:
+    """Accepted input spellings (escaped and plain, any case) -> the escaped name BC serializes."""
+    assert prop.options is not None
+    names: dict[str, str] = {}
+    for option in prop.options.options:
+        escaped = xml_name(option.label)
+        for spelling in (option.label, escaped):
+            names[spelling.lower()] = escaped
+    return names
+
+
+@dataclass
+class Company:
+    id: str
+    name: str
+    display_name: str
+    lcy: str
+
+
+class BCBackend:
+    def __init__(self, db_url: str = "sqlite://", fixture: str = "default") -> None:
+        self.fixture_name = fixture
+        self.schema: Schema = build_schema()
+        self.store = Store(self.schema, db_url)
+        self.runner = QueryRunner(self.schema, self.store)
+        data = load_fixture(fixture)
+        self.environment: str = data.get("environment", "production")
+        self.companies: dict[str, Company] = {
+            c["id"]: Company(c["id"], c["name"], c.get("displayName", c["name"]), c.get("lcy", "USD"))
+            for c in data.get("companies", [])
+        }
+        self._ensure_companies()
+
+    # -- companies --------------------------------------------------------------------------
+    @property
+    def company_entity(self) -> EntityType:
+        entity = self.schema.entity("company")
+        assert entity is not None
+        return entity
+
+    def _ensure_companies(self) -> None:
+        entity = self.company_entity
+        table = self.store.table(entity)
+        with self.store.write() as conn:
+            for company in self.companies.values():
+                if self.store.get(conn, entity, company.id) is not None:
+                    continue
+                now = utcnow()
+                conn.execute(table.insert().values(
+                    id=company.id, name=company.name, displayName=company.display_name,
+                    systemVersion="27.0.38460.0", timestamp=self.store.next_version(conn),
+                    businessProfileId="", systemCreatedAt=now, systemModifiedAt=now,
+                    systemCreatedBy=ZERO_GUID, systemModifiedBy=ZERO_GUID,
+                ))
+
+    def find_company(self, key: str) -> Company | None:
+        """By id (GUID) or by name, as `?company=` and the batch `Company` header allow."""
+        try:
+            return self.companies.get(parse_guid(key))
+        except engine.InvalidValue:
+            pass
+        return next((c for c in self.companies.values() if c.name.lower() == key.lower()), None)
+
+    def entity(self, name: str) -> EntityType:
+        entity = self.schema.entity(name)
+        if entity is None:
+            raise KeyError(name)
+        return entity
+
+    # -- reads --------------------------------------------------------------------------------
+    def get(self, conn: Connection, entity: EntityType, company_id: str | None, key: str) -> Row | None:
+        return self.store.get(conn, entity, key, company_id)
+
+    # -- writes -------------------------------------------------------------------------------
+    def _type_name(self, entity: EntityType) -> str:
+        return f"{self.schema.namespace}.{entity.name}"
+
+    def _convert(self, entity: EntityType, prop: Property, value: Any) -> Any:
+        if prop.kind == "Enum" and prop.options is not None:
+            if not isinstance(value, str):
+                raise BCError(400, "BadRequest", f"Cannot convert the literal '{value}' to the expected type "
+                                                 f"'{self.schema.namespace}.{prop.options.name}'.")
+            escaped = enum_names(prop).get(value.lower())
+            if escaped is None:
+                options = ",".join(o.label for o in prop.options.options)
+                raise BCError(400, "Unknown", f"'{value}' is not an option. The existing options are: {options}")
+            return escaped
+        if prop.type is Edm.Guid and (value in (None, "") or value == ZERO_GUID):
+            return None
+        if prop.type is Edm.String and value is None:
+            return ""
+        try:
+            converted = to_stored(prop, value)
+        except engine.InvalidValue as error:
+            if error.reason == "length" and isinstance(value, str):
+                raise BCError(400, "Application_StringExceededLength",
+                              f"The length of the string is {len(value)}, but it must be less than or equal to "
+                              f"{prop.max_length} characters. Value: {value}") from error
+            if prop.type is Edm.Guid:
+                raise BCError(400, "Application_InvalidGUID",
+                              f"Invalid format of GUID string. Correct format of GUID string is: "
+                              f"CDEF7890-ABCD-0123-1234-567890ABCDEF where 0-9, A-F symbolizes hexadecimal digits. "
+                              f"Value: {value}") from error
+            raise BCError(400, "BadRequest", error.message) from error
+        if prop.kind == "Code" and isinstance(converted, str):
+            converted = converted.upper()
+        return converted
+
+    def prepare(self, conn: Connection, entity: EntityType, company_id: str, body: Any, *, creating: bool,
+                existing: Row | None = None) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise exc.bad_request("Invalid Request Body")
+        values: dict[str, Any] = {}
+        for name, value in body.items():
+            if name.startswith("@odata."):
+                continue
+            prop = entity.property(name)
+            if prop is None or prop.hidden:
+                if entity.navigation(name) is not None:
+                    raise exc.bad_request(f"Deep insert and update of '{name}' is not supported by the sandbox.")
+                raise exc.bad_request(
+                    f"The property '{name}' does not exist on type '{self._type_name(entity)}'. Make sure to only "
+                    "use property names that are defined by the type.")
+            if name == entity.key:
+                if creating:
+                    values[name] = self._convert(entity, prop, value)
+                    continue
+                if existing is not None and self._convert(entity, prop, value) == existing[entity.key]:
+                    continue
+                raise BCError(400, "BadRequest_InvalidOperation", "The 'id' property cannot be changed.")
+            if prop.read_only:
+                raise BCError(400, "BadRequest_InvalidOperation", f"The property '{name}' is read-only.")
+            values[name] = self._convert(entity, prop, value)
+        self._required(entity, values, creating=creating)
+        self._references(conn, entity, company_id, values)
+        if creating:
+            self._defaults(conn, entity, company_id, values)
+        return values
+
+    def _required(self, entity: EntityType, values: dict[str, Any], *, creating: bool) -> None:
+        for name in entity.extra.get("required_on_create", []):
+            if creating and not values.get(name):
+                raise BCError(400, "Application_DialogException", f'A "{name}" must be provided.')
+            if not creating and name in values and not values[name]:
+                raise BCError(400, "Application_DialogException", f'The blank "{name}" is not allowed.')
+
+    def _references(self, conn: Connection, entity: EntityType, company_id: str, values: dict[str, Any]) -> None:
+        """Validate GUID references and keep id/code pairs (currencyId/currencyCode) in step."""
+        lcy = self.companies[company_id].lcy if company_id in self.companies else ""
+        for nav in entity.navigations:
+            if nav.collection:
+                continue
+            target = self.entity(nav.target)
+            code_prop = nav.via[:-2] + "Code" if nav.via.endswith("Id") else None
+            code_field = target.extra.get("code_field", "code")
+            has_code = code_prop is not None and entity.property(code_prop) is not None and target.property(code_field)
+            table = self.store.table(target)
+            if nav.via in values:
+                ref = values[nav.via]
+                if ref is None:
+                    if has_code:
+                        values[code_prop] = ""
+                    continue
+                row = self.store.get(conn, target, ref, company_id)
+                if row is None:
+                    raise BCError(400, "Application_DialogException",
+                                  f'The "{nav.via}" does not match to a {target.extra.get("caption", target.name)}.')
+                if has_code:
+                    values[code_prop] = row[code_field]
+            elif has_code and code_prop in values:
+                code = values[code_prop]
+                if not code or (nav.target == "currency" and code == lcy.upper()):
+                    values[nav.via] = None
+                    values[code_prop] = ""
+                    continue
+                row = conn.execute(table.select().where(
+                    table.c[code_field] == code, table.c.companyId == company_id)).mappings().first()
+                if row is None:
+                    raise BCError(400, "Application_DialogException",
+                                  f'The "{code_prop}" does not match to a {target.extra.get("caption", target.name)}.')
+                values[nav.via] = row[target.key]
+
+    def _defaults(self, conn: Connection, entity: EntityType, company_id: str, values: dict[str, Any]) -> None:
+        for prop in entity.public_properties():
+            if prop.name in values or prop.read_only or prop.name == entity.key:
+                continue
+            if prop.default is not None:
+                values[prop.name] = self._convert(entity, prop, prop.default)
+        series = entity.extra.get("number_series")
+        if series is not None and not values.get("number"):
+            values["number"] = self._next_number(conn, entity, company_id, series)
+
+    def _next_number(self, conn: Connection, entity: EntityType, company_id: str, prefix: str) -> str:
+        table = self.store.table(entity)
+        pattern = re.compile(rf"^{re.escape(prefix)}(\d+)$")
+        best, width = 0, 5
+        stmt = sa.select(table.c.number).where(table.c.companyId == company_id)
+        for (number,) in conn.execute(stmt):
+            m = pattern.match(number or "")
+            if m and int(m.group(1)) >= best:
+                best, width = int(m.group(1)), len(m.group(1))
+        return f"{prefix}{best + 10:0{width}d}"
+
+    def create(self, conn: Connection, entity: EntityType, company_id: str, body: Any) -> Row:
+        values = self.prepare(conn, entity, company_id, body, creating=True)
+        values.setdefault(entity.key, str(uuid.uuid4()))
+        if not values.get(entity.key):
+            values[entity.key] = str(uuid.uuid4())
+        try:
+            return self.store.insert(conn, entity, values, company_id)
+        except engine.ODataError as error:
+            raise exc.from_engine(error, entity, entity.extra.get("caption")) from error
+
+    def update(self, conn: Connection, entity: EntityType, company_id: str, key: str, body: Any, *,
+               if_version: int | None) -> Row:
+        existing = self.store.get(conn, entity, key, company_id)
+        if existing is None:
+            raise exc.resource_not_found(entity.set_name)
+        values = self.prepare(conn, entity, company_id, body, creating=False, existing=existing)
+        try:
+            return self.store.update(conn, entity, key, values, if_version=if_version, scope=company_id)
+        except engine.ODataError as error:
+            raise exc.from_engine(error, entity, entity.extra.get("caption")) from error
+
+    def delete(self, conn: Connection, entity: EntityType, company_id: str, key: str, *,
+               if_version: int | None) -> Row:
+        try:
+            return self.store.delete(conn, entity, key, if_version=if_version, scope=company_id)
+        except engine.ODataError as error:
+            raise exc.from_engine(error, entity) from error
+
+    # -- seeding -------------------------------------------------------------------------------
+    def seed(self, fixture: str = "default") -> dict[str, int]:
+        """Load the fixture's records through the same write rules the API applies."""
+        data = load_fixture(fixture)
+        counts: dict[str, int] = {}
+        with self.store.write() as conn:
+            for company in data.get("companies", []):
+                for table in company.get("tables", []):
+                    entity = self.schema.by_set(table["set"])
+                    if entity is None:
+                        raise ValueError(f"fixture {fixture}: unknown entity set {table['set']}")
+                    for record in table.get("records", []):
+                        key = record.get(entity.key)
+                        if key and self.store.get(conn, entity, parse_guid(key)) is not None:
+                            continue
+                        self.create(conn, entity, company["id"], record)
+                        counts[table["set"]] = counts.get(table["set"], 0) + 1
+        return counts
+
+    def reset(self) -> None:
+        self.store.reset()
+        self._ensure_companies()

@@ -1,0 +1,560 @@
+"""The BC API v2.0 protocol: URL forms, companies, CRUD with BC's ETag rules, paging, JSON `$batch`.
+
+``BCService.handle`` serves one request (plain or from a batch) without touching Flask.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from werkzeug.datastructures import Headers, MultiDict
+
+from ..odata import errors as engine
+from ..odata.csdl import render_csdl
+from ..odata.protocol import Result, parse_prefer
+from ..odata.query import QueryOptions, parse_options
+from ..odata.schema import EntityType, Schema
+from ..odata.storage import Row
+from ..odata.transactions import Transactions
+from ..odata.urlpath import Segment, parse_key, split_path
+from ..odata.values import parse_guid
+from . import exceptions as exc
+from .exceptions import BCError
+from .filters import check_filter
+from .models import BCBackend, Company
+from .serializer import BCSerializer, parse_bc_etag
+
+STANDARD_API = ("v2.0",)
+SUCCESS_TYPE = "application/json; odata.metadata=minimal; odata.streaming=true"
+MAX_BATCH_OPERATIONS = 100
+DEFAULT_MAX_PAGE_SIZE = 20_000
+
+
+@dataclass
+class Request:
+    method: str
+    path: str  # full URL path, percent-decoded
+    args: MultiDict
+    headers: Headers
+    body: bytes
+    base_url: str  # scheme://host:port
+    principal: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Route:
+    """Where a request landed: the service root and what follows it."""
+
+    root_path: str  # e.g. /v2.0/<tenant>/production/api/v2.0
+    api: tuple[str, ...]  # ("v2.0",) or (publisher, group, version)
+    tenant: str | None
+    environment: str | None
+    rest: list[Segment]
+
+    @property
+    def custom(self) -> bool:
+        return self.api != STANDARD_API
+
+
+class BCService:
+    def __init__(self, backend: BCBackend, *, tenant_aliases: set[str] | None = None,
+                 max_page_size: int = DEFAULT_MAX_PAGE_SIZE, webhooks: Any = None) -> None:
+        self.backend = backend
+        self.schema: Schema = backend.schema
+        self.store = backend.store
+        self.tx = Transactions(self.store)
+        self.serializer = BCSerializer(self.schema)
+        self.tenant_aliases = {t.lower() for t in (tenant_aliases or set())}
+        self.max_page_size = max_page_size
+        self.webhooks = webhooks
+        self._csdl: dict[bool, str] = {}
+
+    # -- entry point -------------------------------------------------------------------------
+    def handle(self, req: Request) -> Result:
+        correlation = str(uuid.uuid4())
+        try:
+            result = self._dispatch(req)
+        except BCError as error:
+            result = error.result(correlation)
+        except engine.ODataError as error:
+            result = exc.from_engine(error).result(correlation)
+        if result.header("request-id") is None:
+            result.headers.append(("request-id", correlation))
+        return result
+
+    # -- routing -----------------------------------------------------------------------------
+    def route(self, path: str) -> Route:
+        parts = [p for p in path.split("/") if p != ""]
+        try:
+            api_at = parts.index("api")
+        except ValueError:
+            raise exc.no_resource(path) from None
+        prefix = parts[:api_at]
+        tenant = environment = None
+        if prefix[:1] == ["v2.0"] and len(prefix) == 2:
+            environment = prefix[1]
+        elif prefix[:1] == ["v2.0"] and len(prefix) == 3:
+            tenant, environment = prefix[1], prefix[2]
+        elif len(prefix) != 1:
+            raise exc.no_resource(path)
+        after = parts[api_at + 1:]
+        if after[:1] == ["v2.0"]:
+            api, rest_parts = STANDARD_API, after[1:]
+        elif len(after) >= 3 and re.fullmatch(r"v\d+\.\d+", after[2]):
+            api, rest_parts = tuple(after[:3]), after[3:]
+        else:
+            raise exc.no_resource(path)
+        if environment is not None and environment.lower() != self.backend.environment.lower():
+            raise EnvironmentMissing()
+        if tenant is not None and self.tenant_aliases and tenant.lower() not in self.tenant_aliases:
+            raise BCError(404, "BadRequest_NotFound", f"Tenant '{tenant}' was not found.")
+        root = "/" + "/".join(parts[: api_at + 1 + len(api)])
+        rest = split_path("/".join(rest_parts)) if rest_parts else []
+        return Route(root, api, tenant, environment, rest)
+
+    def _entities(self, route: Route) -> dict[str, EntityType]:
+        """Entity sets served under this API route (standard v2.0 or the custom route)."""
+        sets = {}
+        for entity in self.schema:
+            if entity.name == "company":
+                continue
+            is_custom = entity.extra.get("api_route") == "custom"
+            if is_custom == route.custom:
+                sets[entity.set_name] = entity
+        return sets
+
+    def _dispatch(self, req: Request) -> Result:
+        try:
+            route = self.route(req.path)
+        except EnvironmentMissing:
+            body = ('<?xml version="1.0" encoding="utf-8"?><error xmlns="http://docs.oasis-open.org/odata/ns/metadata">'
+                    "<code>NoEnvironment</code><message>Environment does not exist.</message></error>")
+            return Result(404, [("Content-Type", "application/xml")], body.encode())
+        root_url = req.base_url + route.root_path
+        rest = route.rest
+        if not rest:
+            if req.method != "GET":
+                raise exc.no_resource(req.path)
+            return self.service_document(route, root_url)
+        head = rest[0]
+        if head.name == "$metadata" and len(rest) == 1:
+            return self.metadata(route)
+        if head.name == "$batch" and len(rest) == 1:
+            if req.method != "POST":
+                raise exc.no_resource(req.path)
+            return self.batch(req, route)
+        if head.name == "subscriptions":
+            return self.subscriptions(req, route, root_url, rest)
+        if head.name == "companies":
+            if head.key is None:
+                if len(rest) > 1:
+                    raise exc.resource_not_found(rest[1].name)
+                return self.list_companies(req, root_url)
+            company = self._company(head.key)
+            if len(rest) == 1:
+                if req.method != "GET":
+                    raise exc.method_not_allowed(req.method, "companies")
+                return self.get_company(req, root_url, company)
+            return self.entity_request(req, route, root_url, company, rest[1:], scoped_context=True)
+        company_arg = req.args.get("company")
+        if company_arg is None:
+            raise exc.resource_not_found(head.name)
+        company = self.backend.find_company(company_arg)
+        if company is None:
+            raise BCError(400, "Internal_CompanyNotFound", f"Cannot process the request because the company "
+                                                          f"'{company_arg}' does not exist.")
+        return self.entity_request(req, route, root_url, company, rest, scoped_context=False)
+
+    def _company(self, key: str) -> Company:
+        try:
+            company_id = parse_guid(key)
+        except engine.InvalidValue:
+            raise BCError(400, "BadRequest_NotFound", "Bad Request - Error in query syntax.") from None
+        company = self.backend.companies.get(company_id)
+        if company is None:
+            raise exc.resource_not_found("companies")
+        return company
+
+    # -- documents ---------------------------------------------------------------------------
+    def service_document(self, route: Route, root_url: str) -> Result:
+        names = ["companies", *sorted(self._entities(route)), "subscriptions"]
+        value = [{"name": n, "kind": "EntitySet", "url": n} for n in names]
+        return self._json(200, {"@odata.context": f"{root_url}/$metadata", "value": value})
+
+    def metadata(self, route: Route) -> Result:
+        if route.custom not in self._csdl:
+            served = set(self._entities(route).values()) | {self.backend.company_entity}
+            keep = [e for e in self.schema if e in served]
+            # navigations to entities outside this route are dropped from its document
+            subset = Schema(self.schema.namespace, [_without_foreign_navs(e, keep) for e in keep])
+            self._csdl[route.custom] = render_csdl(subset, container="NAV", enum_types=True)
+        return Result(200, [("Content-Type", "application/xml")], self._csdl[route.custom].encode())
+
+    def _json(self, status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> Result:
+        return Result.json(status, payload, headers, content_type=SUCCESS_TYPE)
+
+    # -- companies ---------------------------------------------------------------------------
+    def list_companies(self, req: Request, root_url: str) -> Result:
+        if req.method != "GET":
+            raise exc.method_not_allowed(req.method, "companies")
+        entity = self.backend.company_entity
+        opts = self._options(req, entity)
+        with self.tx.connection(False) as conn:
+            page = self.backend.runner.run(conn, entity, opts)
+        value = self.serializer.records(entity, page.rows, opts.select, [], "")
+        payload: dict[str, Any] = {"@odata.context": f"{root_url}/$metadata#companies"}
+        if page.count is not None:
+            payload["@odata.count"] = page.count
+        payload["value"] = value
+        return self._json(200, payload)
+
+    def get_company(self, req: Request, root_url: str, company: Company) -> Result:
+        entity = self.backend.company_entity
+        opts = self._options(req, entity)
+        with self.tx.connection(False) as conn:
+            row = self.store.get(conn, entity, company.id)
+        assert row is not None
+        record = self.serializer.records(entity, [row], opts.select, [], "")[0]
+        return self._json(200, {"@odata.context": f"{root_url}/$metadata#companies/$entity", **record})
+
+    # -- entity sets ---------------------------------------------------------------------------
+    def _options(self, req: Request, entity: EntityType) -> QueryOptions:
+        args = {k: v for k, v in req.args.items() if k.startswith("$")}
+        if "$filter" in args:
+            check_filter(args["$filter"], req.args.get("$schemaversion", "2.0"))
+        return parse_options({k: v for k, v in args.items() if k in (
+            "$select", "$filter", "$orderby", "$top", "$skip", "$count", "$expand")})
+
+    def entity_request(self, req: Request, route: Route, root_url: str, company: Company, rest: list[Segment],
+                       *, scoped_context: bool) -> Result:
+        head = rest[0]
+        entity = self._entities(route).get(head.name)
+        if entity is None:
+            raise exc.resource_not_found(head.name)
+        context_base = (f"{root_url}/$metadata#companies({company.id})/{entity.set_name}" if scoped_context
+                        else f"{root_url}/$metadata#{entity.set_name}")
+        location_base = (f"{root_url}/companies({company.id})/{entity.set_name}" if scoped_context
+                         else f"{root_url}/{entity.set_name}")
+        if head.key is None:
+            if len(rest) == 2 and rest[1].name == "$count" and rest[1].key is None and req.method == "GET":
+                return self.count(req, entity, company)
+            if len(rest) > 1:
+                raise exc.resource_not_found(rest[1].name)
+            if req.method == "GET":
+                return self.list(req, entity, company, context_base)
+            if req.method == "POST":
+                return self.create(req, entity, company, context_base, location_base)
+            raise exc.method_not_allowed(req.method, entity.set_name)
+        key = self._key(entity, head.key)
+        if len(rest) > 1:
+            return self.navigation(req, entity, company, key, rest[1:], root_url)
+        if req.method == "GET":
+            return self.retrieve(req, entity, company, key, context_base)
+        if req.method == "PATCH":
+            return self.update(req, entity, company, key, context_base)
+        if req.method == "DELETE":
+            return self.delete(req, entity, company, key)
+        raise exc.method_not_allowed(req.method, entity.set_name)
+
+    @staticmethod
+    def _key(entity: EntityType, raw: str) -> str:
+        try:
+            predicate = parse_key(raw)
+        except engine.ODataError:
+            raise BCError(400, "BadRequest_NotFound", "Bad Request - Error in query syntax.") from None
+        value = predicate.single if predicate.single is not None else predicate.named.get(entity.key)
+        if value is None or predicate.single_quoted:
+            raise BCError(400, "BadRequest_NotFound", "Bad Request - Error in query syntax.")
+        try:
+            return parse_guid(str(value))
+        except engine.InvalidValue:
+            raise BCError(400, "BadRequest_NotFound", "Bad Request - Error in query syntax.") from None
+
+    def _scope_condition(self, entity: EntityType, company: Company) -> list[Any]:
+        table = self.store.table(entity)
+        return [table.c[entity.scope_property] == company.id] if entity.scope_property else []
+
+    def count(self, req: Request, entity: EntityType, company: Company) -> Result:
+        opts = self._options(req, entity)
+        opts.count, opts.top, opts.skip = True, None, None
+        with self.tx.connection(False) as conn:
+            page = self.backend.runner.run(conn, entity, opts, conditions=self._scope_condition(entity, company),
+                                           page_size=0)
+        return Result(200, [("Content-Type", "text/plain")], str(page.count).encode())
+
+    def _page_size(self, req: Request) -> tuple[int, bool]:
+        raw = parse_prefer(req.headers).get("odata.maxpagesize")
+        if raw is None:
+            return self.max_page_size, False
+        if not raw.isdigit() or int(raw) < 1:
+            raise exc.bad_request(f"Invalid odata.maxpagesize value '{raw}'.")
+        return min(int(raw), self.max_page_size), True
+
+    def list(self, req: Request, entity: EntityType, company: Company, context_base: str) -> Result:
+        opts = self._options(req, entity)
+        page_size, preferred = self._page_size(req)
+        token = req.args.get("$skiptoken")
+        with self.tx.connection(False) as conn:
+            after = None
+            if token is not None:
+                try:
+                    after = self.store.get(conn, entity, parse_guid(token), company.id)
+                except engine.InvalidValue:
+                    after = None
+                if after is None:
+                    raise exc.bad_request("The $skiptoken value is not valid.")
+            if not opts.orderby and entity.alternate_keys:
+                opts.orderby = [(p, False) for p in entity.alternate_keys[0].properties]
+            page = self.backend.runner.run(conn, entity, opts, conditions=self._scope_condition(entity, company),
+                                           page_size=page_size, after=after)
+        payload: dict[str, Any] = {"@odata.context": context_base + self._select_fragment(opts)}
+        if page.count is not None:
+            payload["@odata.count"] = page.count
+        payload["value"] = self.serializer.records(entity, page.rows, opts.select, opts.expand, company.lcy)
+        if page.has_more and page.rows:
+            payload["@odata.nextLink"] = self._next_link(req, opts, page_size, page.rows[-1][entity.key])
+        headers = [("Preference-Applied", f"odata.maxpagesize={page_size}")] if preferred else []
+        return self._json(200, payload, headers)
+
+    @staticmethod
+    def _select_fragment(opts: QueryOptions) -> str:
+        return f"({','.join(opts.select)})" if opts.select else ""
+
+    def _next_link(self, req: Request, opts: QueryOptions, page_size: int, last_id: str) -> str:
+        args: list[tuple[str, str]] = []
+        for name, value in req.args.items(multi=True):
+            if name in ("$skiptoken", "aid", "$skip"):
+                continue
+            if name == "$top" and opts.top is not None:
+                value = str(max(opts.top - page_size, 0))
+            args.append((name, value))
+        args.extend([("aid", "FIN"), ("$skiptoken", last_id)])
+        query = urlencode(args, quote_via=quote, safe="$,()'=@/:*")
+        path = quote(req.path, safe="/()',=$@:")
+        return f"{req.base_url}{path}?{query}"
+
+    def retrieve(self, req: Request, entity: EntityType, company: Company, key: str, context_base: str) -> Result:
+        opts = self._options(req, entity)
+        with self.tx.connection(False) as conn:
+            self.backend.runner.check_select(entity, opts.select)
+            self.backend.runner.check_expand(entity, opts.expand)
+            row = self.store.get(conn, entity, key, company.id)
+            if row is None:
+                raise exc.resource_not_found(entity.set_name)
+            self.backend.runner.expand(conn, entity, [row], opts.expand)
+        record = self.serializer.records(entity, [row], opts.select, opts.expand, company.lcy)[0]
+        return self._json(200, {"@odata.context": context_base + self._select_fragment(opts) + "/$entity",
+                                **record})
+
+    def navigation(self, req: Request, entity: EntityType, company: Company, key: str, rest: list[Segment],
+                   root_url: str) -> Result:
+        nav = entity.navigation(rest[0].name)
+        if nav is None or len(rest) > 1 or rest[0].key is not None or nav.collection:
+            raise exc.resource_not_found(rest[0].name)
+        if req.method != "GET":
+            raise exc.method_not_allowed(req.method, nav.name)
+        target = self.backend.entity(nav.target)
+        opts = self._options(req, target)
+        with self.tx.connection(False) as conn:
+            row = self.store.get(conn, entity, key, company.id)
+            if row is None:
+                raise exc.resource_not_found(entity.set_name)
+            related = self.store.get(conn, target, row[nav.via], company.id) if row.get(nav.via) else None
+        if related is None:
+            raise exc.resource_not_found(nav.name)
+        record = self.serializer.records(target, [related], opts.select, [], company.lcy)[0]
+        context = f"{root_url}/$metadata#companies({company.id})/{entity.set_name}({key})/{nav.name}/$entity"
+        return self._json(200, {"@odata.context": context, **record})
+
+    def _body(self, req: Request) -> Any:
+        try:
+            return json.loads(req.body or b"")
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise exc.bad_request("Invalid Request Body") from None
+
+    def _changed(self, entity: EntityType, company: Company, row: Row, change: str, prefix: str) -> None:
+        if self.webhooks is None or not entity.extra.get("webhooks"):
+            return
+        hooks = self.webhooks
+
+        def notify() -> None:
+            hooks.record_change(company_id=company.id, entity_set=entity.set_name, record_id=row[entity.key],
+                                change_type=change, modified_at=row.get(entity.modified_on), api_prefix=prefix)
+
+        self.tx.after_commit(notify)
+
+    def create(self, req: Request, entity: EntityType, company: Company, context_base: str,
+               location_base: str) -> Result:
+        body = self._body(req)
+        with self.tx.connection(True) as conn:
+            row = self.backend.create(conn, entity, company.id, body)
+            self._changed(entity, company, row, "created", self._api_prefix(req))
+        record = self.serializer.records(entity, [row], None, [], company.lcy)[0]
+        location = f"{location_base}({row[entity.key]})"
+        return self._json(201, {"@odata.context": context_base + "/$entity", **record}, [("Location", location)])
+
+    def _if_match(self, req: Request, required: bool) -> tuple[bool, int | None]:
+        """(present, expected version); `*` means present without a version."""
+        value = req.headers.get("If-Match")
+        if value is None or not value.strip():
+            if required:
+                raise exc.invalid_token()
+            return False, None
+        if value.strip() == "*":
+            return True, None
+        version = parse_bc_etag(value)
+        if version is None:
+            raise exc.invalid_token()
+        return True, version
+
+    def update(self, req: Request, entity: EntityType, company: Company, key: str, context_base: str) -> Result:
+        _, version = self._if_match(req, required=True)
+        body = self._body(req)
+        with self.tx.connection(True) as conn:
+            row = self.backend.update(conn, entity, company.id, key, body, if_version=version)
+            self._changed(entity, company, row, "updated", self._api_prefix(req))
+        record = self.serializer.records(entity, [row], None, [], company.lcy)[0]
+        return self._json(200, {"@odata.context": context_base + "/$entity", **record})
+
+    def delete(self, req: Request, entity: EntityType, company: Company, key: str) -> Result:
+        _, version = self._if_match(req, required=False)
+        with self.tx.connection(True) as conn:
+            row = self.backend.delete(conn, entity, company.id, key, if_version=version)
+            self._changed(entity, company, row, "deleted", self._api_prefix(req))
+        return Result(204)
+
+    @staticmethod
+    def _api_prefix(req: Request) -> str:
+        parts = req.path.split("/")
+        at = parts.index("api")
+        version_at = at + 1 if parts[at + 1] == "v2.0" else at + 3
+        return "/" + "/".join(parts[at: version_at + 1])
+
+    # -- subscriptions -----------------------------------------------------------------------
+    def subscriptions(self, req: Request, route: Route, root_url: str, rest: list[Segment]) -> Result:
+        if self.webhooks is None:
+            raise exc.resource_not_found("subscriptions")
+        from .webhooks import WebhookError
+
+        hooks = self.webhooks
+        head = rest[0]
+        if len(rest) > 1:
+            raise exc.resource_not_found(rest[1].name)
+        context = f"{root_url}/$metadata#subscriptions"
+        try:
+            if head.key is None:
+                if req.method == "GET":
+                    return self._json(200, {"@odata.context": context, "value": hooks.list()})
+                if req.method == "POST":
+                    created = hooks.create(self._body(req), user_id=req.principal.get("oid", ""),
+                                           api_prefix=self._api_prefix(req))
+                    location = f"{root_url}/subscriptions('{created['subscriptionId']}')"
+                    return self._json(201, {"@odata.context": context + "/$entity", **created},
+                                      [("Location", location)])
+                raise exc.method_not_allowed(req.method, "subscriptions")
+            sub_id = head.key.strip("'")
+            if req.method == "GET":
+                return self._json(200, {"@odata.context": context + "/$entity", **hooks.get(sub_id)})
+            if req.method == "PATCH":
+                renewed = hooks.renew(sub_id, self._body(req), req.headers.get("If-Match"))
+                return self._json(200, {"@odata.context": context + "/$entity", **renewed})
+            if req.method == "DELETE":
+                hooks.delete(sub_id, req.headers.get("If-Match"))
+                return Result(204)
+            raise exc.method_not_allowed(req.method, "subscriptions")
+        except WebhookError as error:
+            raise BCError(error.status, error.code, error.message) from error
+
+    # -- $batch ------------------------------------------------------------------------------
+    def batch(self, req: Request, route: Route) -> Result:
+        body = self._body(req)
+        requests_ = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests_, list):
+            raise exc.bad_request("Invalid Request Body: a JSON batch needs a 'requests' array.")
+        if len(requests_) > MAX_BATCH_OPERATIONS:
+            raise exc.bad_request(f"The batch contains {len(requests_)} requests; the maximum is "
+                                  f"{MAX_BATCH_OPERATIONS}.")
+        atomic = req.headers.get("Isolation", "").lower() == "snapshot"
+        company_arg = req.args.get("company")
+        responses: list[dict[str, Any]] = []
+
+        def run_all() -> bool:
+            failed = False
+            for item in requests_:
+                outcome = self._batch_item(req, route, item, company_arg)
+                failed = failed or outcome["status"] >= 400
+                responses.append(outcome)
+            return failed
+
+        if atomic:
+            try:
+                with self.tx.shared():
+                    if run_all():
+                        raise _RollBack()
+            except _RollBack:
+                pass
+        else:
+            run_all()
+        return self._json(200, {"responses": responses})
+
+    def _batch_item(self, req: Request, route: Route, item: Any, company_arg: str | None) -> dict[str, Any]:
+        if not isinstance(item, dict) or not isinstance(item.get("method"), str) or not isinstance(
+                item.get("url"), str):
+            error = exc.bad_request("Each batch request needs 'method' and 'url'.").result(str(uuid.uuid4()))
+            return {"id": item.get("id") if isinstance(item, dict) else None, "status": 400, "headers": {},
+                    "body": json.loads(error.body)}
+        headers = Headers()
+        for name, value in (item.get("headers") or {}).items():
+            headers[str(name)] = str(value)
+        url = item["url"]
+        if "://" in url:
+            split = urlsplit(url)
+            path, query = split.path, split.query
+        else:
+            raw_path, _, query = url.partition("?")
+            path = raw_path if raw_path.startswith("/") else f"{route.root_path}/{raw_path}"
+        args = MultiDict(parse_qsl(query, keep_blank_values=True))
+        company = headers.get("Company") or headers.get("CompanyId") or company_arg
+        if company and "company" not in args and "/companies(" not in path:
+            args["company"] = company
+        body = item.get("body")
+        inner = Request(method=item["method"].upper(), path=unquote(path), args=args, headers=headers,
+                        body=json.dumps(body).encode() if body is not None else b"", base_url=req.base_url,
+                        principal=req.principal)
+        if inner.path.rstrip("/").endswith("$batch"):
+            result = exc.bad_request("Nested $batch requests are not supported.").result(str(uuid.uuid4()))
+        else:
+            result = self.handle(inner)
+        out_headers = {k.lower(): v for k, v in result.headers if k.lower() != "content-length"}
+        if result.body:
+            out_headers.setdefault("odata-version", "4.0")
+        outcome: dict[str, Any] = {"id": item.get("id"), "status": result.status, "headers": out_headers}
+        if result.body:
+            try:
+                outcome["body"] = json.loads(result.body)
+            except ValueError:
+                outcome["body"] = result.body.decode("utf-8", "replace")
+        return outcome
+
+
+class EnvironmentMissing(Exception):
+    """The environment segment names no environment of this tenant (answered in XML, as SaaS does)."""
+
+
+class _RollBack(Exception):
+    pass
+
+
+def _without_foreign_navs(entity: EntityType, keep: list[EntityType]) -> EntityType:
+    names = {e.name for e in keep}
+    if all(n.target in names for n in entity.navigations):
+        return entity
+    from dataclasses import replace
+
+    return replace(entity, navigations=[n for n in entity.navigations if n.target in names])
+

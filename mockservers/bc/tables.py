@@ -1,0 +1,549 @@
+"""The Business Central API v2.0 entities the Dataverse integration touches, declared as data.
+
+Routes, validation, serialization and ``$metadata`` of the BC app are derived from these
+declarations, so the conventions below matter (the app and the connector rely on them):
+
+- the key is ``id`` (BC's SystemId, ``Edm.Guid``, writable: a client may choose it on POST);
+- every company-scoped entity carries hidden storage columns: ``companyId`` (the scope),
+  ``rowVersion`` (the ETag source) and ``systemCreatedAt``; ``lastModifiedDateTime`` is the public,
+  read-only modified-on stamp (BC's SystemModifiedAt);
+- Code fields have ``kind="Code"`` (BC upper-cases them) and the BC table's length; enums are
+  ``Edm.String`` with ``kind="Enum"`` and an option set whose labels are the AL member names
+  *unescaped* (``" "``, ``"Non-Inventory"``); the wire form (``_x0020_``) is the app's business;
+- a GUID reference (``currencyId``) is a plain ``Edm.Guid``; the single-valued navigation that
+  expands it names it as ``via``; its Code twin (``currencyCode``) is kept in step by the app;
+- ``extra`` per entity: ``caption`` (the BC table caption used in error texts),
+  ``number_series`` (prefix of server-assigned numbers), ``code_field`` (code-keyed setup
+  tables), ``webhooks`` (BC lists the set as webhook-supported), ``required_on_create``,
+  ``code_references`` (Code fields that name a row of another entity by its code/number, which BC
+  checks through table relations), ``api_route`` (``"custom"`` for the custom-API ``resources``).
+
+Facts (lengths, enum members, read-only flags) come from the BC base tables and API pages.
+``build_schema`` returns new objects on every call because apps mutate their schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mockservers.odata.csdl import xml_name
+from mockservers.odata.schema import (
+    AlternateKey,
+    Edm,
+    EntityType,
+    Navigation,
+    Option,
+    OptionSet,
+    Property,
+    Schema,
+)
+
+NAMESPACE = "Microsoft.NAV"
+
+# -- enums --------------------------------------------------------------------------------------
+
+
+def enum(name: str, labels: Iterable[tuple[int, str]], default: str) -> OptionSet:
+    """A BC enum: (ordinal, AL member name) pairs; ``default`` is the InitValue's member name."""
+    options = tuple(Option(value, label) for value, label in labels)
+    default_value = next(o.value for o in options if o.label == default)
+    return OptionSet(name, options, default=default_value)
+
+
+def _default_label(options: OptionSet) -> str | None:
+    return options.label(options.default) if options.default is not None else None
+
+
+CONTACT_TYPE = enum("contactType", [(0, "Company"), (1, "Person")], "Company")
+CUSTOMER_BLOCKED = enum("customerBlocked", [(0, " "), (1, "Ship"), (2, "Invoice"), (3, "All")], " ")
+VENDOR_BLOCKED = enum("vendorBlocked", [(0, " "), (1, "Payment"), (2, "All")], " ")
+ITEM_TYPE = enum("itemType", [(0, "Inventory"), (1, "Service"), (2, "Non-Inventory")], "Inventory")
+CONTACT_BUSINESS_RELATION = enum(
+    "contactBusinessRelation",
+    [
+        (0, " "),
+        (1, "Customer"),
+        (2, "Vendor"),
+        (3, "Bank Account"),
+        (4, "Employee"),
+        (5, "None"),
+        (6, "Other"),
+        (7, "Multiple"),
+    ],
+    " ",
+)
+ADDRESS_FORMAT = enum(
+    "countryRegionAddressFormat",
+    [
+        (0, "Post Code+City"),
+        (1, "City+Post Code"),
+        (2, "City+County+Post Code"),
+        (3, "Blank Line+Post Code+City"),
+        (13, "Custom"),
+    ],
+    "City+Post Code",
+)
+RESOURCE_TYPE = enum("resourceType", [(0, "Person"), (1, "Machine")], "Person")
+
+
+def enum_label(options: OptionSet, value: Any) -> str | None:
+    """The member name a JSON enum value denotes, accepting BC's escaped form or the plain name.
+
+    Case-insensitive like BC's OData layer; None when the value is not a member.
+    """
+    if not isinstance(value, str):
+        return None
+    wanted = value.casefold()
+    for option in options.options:
+        if wanted in (option.label.casefold(), xml_name(option.label).casefold()):
+            return option.label
+    return None
+
+
+# -- property factories -------------------------------------------------------------------------
+
+
+def key() -> Property:
+    return Property("id", Edm.Guid, nullable=False, kind="Guid")
+
+
+def code(name: str, length: int, *, read_only: bool = False) -> Property:
+    """A Code[n] field: upper-cased by BC, compared case-insensitively."""
+    return Property(name, Edm.String, max_length=length, read_only=read_only, kind="Code")
+
+
+def text(name: str, length: int | None, *, read_only: bool = False) -> Property:
+    return Property(name, Edm.String, max_length=length, read_only=read_only, kind="Text")
+
+
+def decimal(name: str, *, read_only: bool = False) -> Property:
+    return Property(name, Edm.Decimal, read_only=read_only, kind="Decimal")
+
+
+def boolean(name: str) -> Property:
+    return Property(name, Edm.Boolean, default=False, kind="Boolean")
+
+
+def guid(name: str, *, read_only: bool = False) -> Property:
+    return Property(name, Edm.Guid, read_only=read_only, kind="Guid")
+
+
+def date(name: str, *, read_only: bool = False) -> Property:
+    return Property(name, Edm.Date, read_only=read_only, kind="Date")
+
+
+def choice(name: str, options: OptionSet) -> Property:
+    return Property(name, Edm.String, kind="Enum", options=options, default=_default_label(options))
+
+
+def reference(name: str, target: str, via: str) -> Navigation:
+    """A single-valued navigation that expands the row ``via`` points at."""
+    return Navigation(name, target=target, collection=False, via=via)
+
+
+def _address() -> list[Property]:
+    """The postal block customers, vendors and contacts share (lengths of the BC tables)."""
+    return [
+        text("addressLine1", 100),
+        text("addressLine2", 50),
+        text("city", 30),
+        text("state", 30),
+        code("country", 10),
+        code("postalCode", 20),
+    ]
+
+
+def _system_columns() -> list[Property]:
+    """Server-maintained columns every company-scoped entity has; only lastModifiedDateTime is public."""
+    return [
+        Property("lastModifiedDateTime", Edm.DateTimeOffset, read_only=True, kind="DateTime"),
+        Property("companyId", Edm.Guid, hidden=True),
+        Property("rowVersion", Edm.Int64, hidden=True),
+        Property("systemCreatedAt", Edm.DateTimeOffset, hidden=True),
+    ]
+
+
+# -- entity assembly ----------------------------------------------------------------------------
+
+WEBHOOK_SETS = frozenset(
+    {
+        "customers",
+        "vendors",
+        "items",
+        "currencies",
+        "paymentTerms",
+        "paymentMethods",
+        "shipmentMethods",
+        "unitsOfMeasure",
+        "countriesRegions",
+    }
+)
+
+
+@dataclass
+class _Entity:
+    """Collects one company-scoped entity; ``build`` adds the shared columns and conventions."""
+
+    name: str
+    set_name: str
+    caption: str
+    properties: list[Property]
+    navigations: list[Navigation] = field(default_factory=list)
+    number_series: str | None = None
+    code_keyed: bool = False
+    code_references: dict[str, tuple[str, str]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> EntityType:
+        properties = [key(), *self.properties, *_system_columns()]
+        names = [p.name for p in properties] + [n.name for n in self.navigations]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"{self.name}: declared twice: {duplicates}")
+        extra: dict[str, Any] = {"caption": self.caption}
+        alternate_keys: list[AlternateKey] = []
+        if self.number_series is not None:
+            extra["number_series"] = self.number_series
+            extra["required_on_create"] = ["displayName"]
+            alternate_keys.append(AlternateKey("number", ("number",)))
+        if self.code_keyed:
+            extra["code_field"] = "code"
+            extra["required_on_create"] = ["code"]
+            alternate_keys.append(AlternateKey("code", ("code",)))
+        if self.set_name in WEBHOOK_SETS:
+            extra["webhooks"] = True
+        if self.code_references:
+            extra["code_references"] = dict(self.code_references)
+        extra.update(self.extra)
+        return EntityType(
+            name=self.name,
+            set_name=self.set_name,
+            key="id",
+            properties=properties,
+            navigations=self.navigations,
+            alternate_keys=alternate_keys,
+            primary_name="displayName",
+            display_name=self.caption,
+            version_property="rowVersion",
+            modified_on="lastModifiedDateTime",
+            created_on="systemCreatedAt",
+            scope_property="companyId",
+            extra=extra,
+        )
+
+
+def _company() -> EntityType:
+    """The root ``companies`` set: read-only, not company-scoped, no ETag in BC's responses."""
+    return EntityType(
+        name="company",
+        set_name="companies",
+        key="id",
+        properties=[
+            Property("id", Edm.Guid, nullable=False, read_only=True, kind="Guid"),
+            Property("systemVersion", Edm.String, read_only=True, kind="Text"),
+            Property("timestamp", Edm.Int64, read_only=True, kind="BigInteger"),
+            Property("name", Edm.String, max_length=30, read_only=True, kind="Text"),
+            Property("displayName", Edm.String, max_length=250, read_only=True, kind="Text"),
+            Property("businessProfileId", Edm.String, max_length=250, read_only=True, kind="Text"),
+            Property("systemCreatedAt", Edm.DateTimeOffset, read_only=True, kind="DateTime"),
+            Property("systemCreatedBy", Edm.Guid, read_only=True, kind="Guid"),
+            Property("systemModifiedAt", Edm.DateTimeOffset, read_only=True, kind="DateTime"),
+            Property("systemModifiedBy", Edm.Guid, read_only=True, kind="Guid"),
+        ],
+        primary_name="name",
+        display_name="Company",
+        modified_on="systemModifiedAt",
+        created_on="systemCreatedAt",
+        extra={"caption": "Company", "read_only_set": True},
+    )
+
+
+_SALESPERSON_REF = ("salespersonPurchaser", "code")
+_COUNTRY_REF = ("countryRegion", "code")
+
+
+def _customer() -> EntityType:
+    return _Entity(
+        "customer",
+        "customers",
+        "Customer",
+        [
+            code("number", 20),
+            text("displayName", 100),
+            choice("type", CONTACT_TYPE),
+            *_address(),
+            text("phoneNumber", 30),
+            text("email", 80),
+            text("website", 255),
+            code("salespersonCode", 20),
+            decimal("balanceDue", read_only=True),
+            decimal("creditLimit"),
+            boolean("taxLiable"),
+            guid("taxAreaId"),
+            text("taxAreaDisplayName", 100, read_only=True),
+            text("taxRegistrationNumber", 20),
+            guid("currencyId"),
+            code("currencyCode", 10),
+            guid("paymentTermsId"),
+            guid("shipmentMethodId"),
+            guid("paymentMethodId"),
+            choice("blocked", CUSTOMER_BLOCKED),
+        ],
+        navigations=[
+            reference("currency", "currency", "currencyId"),
+            reference("paymentTerm", "paymentTerm", "paymentTermsId"),
+            reference("shipmentMethod", "shipmentMethod", "shipmentMethodId"),
+            reference("paymentMethod", "paymentMethod", "paymentMethodId"),
+        ],
+        number_series="C",
+        code_references={"salespersonCode": _SALESPERSON_REF, "country": _COUNTRY_REF},
+    ).build()
+
+
+def _vendor() -> EntityType:
+    return _Entity(
+        "vendor",
+        "vendors",
+        "Vendor",
+        [
+            code("number", 20),
+            text("displayName", 100),
+            *_address(),
+            text("phoneNumber", 30),
+            text("email", 80),
+            text("website", 255),
+            text("taxRegistrationNumber", 20),
+            guid("currencyId"),
+            code("currencyCode", 10),
+            code("irs1099Code", 10),
+            guid("paymentTermsId"),
+            guid("paymentMethodId"),
+            boolean("taxLiable"),
+            choice("blocked", VENDOR_BLOCKED),
+            decimal("balance", read_only=True),
+        ],
+        navigations=[
+            reference("currency", "currency", "currencyId"),
+            reference("paymentTerm", "paymentTerm", "paymentTermsId"),
+            reference("paymentMethod", "paymentMethod", "paymentMethodId"),
+        ],
+        number_series="V",
+        code_references={"country": _COUNTRY_REF},
+    ).build()
+
+
+def _contact() -> EntityType:
+    return _Entity(
+        "contact",
+        "contacts",
+        "Contact",
+        [
+            code("number", 20),
+            choice("type", CONTACT_TYPE),
+            text("displayName", 100),
+            text("jobTitle", 30),
+            code("companyNumber", 20),
+            text("companyName", 100),
+            choice("contactBusinessRelation", CONTACT_BUSINESS_RELATION),
+            *_address(),
+            text("phoneNumber", 30),
+            text("mobilePhoneNumber", 30),
+            text("email", 80),
+            text("website", 255),
+            code("searchName", 100),
+            boolean("privacyBlocked"),
+            text("taxRegistrationNumber", 20),
+            date("lastInteractionDate", read_only=True),
+        ],
+        number_series="CT",
+        code_references={"companyNumber": ("contact", "number"), "country": _COUNTRY_REF},
+    ).build()
+
+
+def _item() -> EntityType:
+    return _Entity(
+        "item",
+        "items",
+        "Item",
+        [
+            code("number", 20),
+            text("displayName", 100),
+            text("displayName2", 50),
+            choice("type", ITEM_TYPE),
+            guid("itemCategoryId"),
+            code("itemCategoryCode", 20),
+            boolean("blocked"),
+            code("gtin", 14),
+            # Writable in the API page (posts an adjustment), but not on POST; docs call it read-only.
+            decimal("inventory"),
+            decimal("unitPrice"),
+            boolean("priceIncludesTax"),
+            decimal("unitCost"),
+            guid("taxGroupId"),
+            code("taxGroupCode", 20),
+            guid("baseUnitOfMeasureId"),
+            code("baseUnitOfMeasureCode", 10),
+            guid("generalProductPostingGroupId"),
+            code("generalProductPostingGroupCode", 20),
+            guid("inventoryPostingGroupId"),
+            code("inventoryPostingGroupCode", 20),
+        ],
+        navigations=[
+            # The API page names the part baseUnitOfMeasure; the v2.0 docs call it unitOfMeasure.
+            reference("baseUnitOfMeasure", "unitOfMeasure", "baseUnitOfMeasureId"),
+            reference("unitOfMeasure", "unitOfMeasure", "baseUnitOfMeasureId"),
+        ],
+        number_series="I",
+        extra={"create_forbidden": ["inventory"]},
+    ).build()
+
+
+def _resource() -> EntityType:
+    return _Entity(
+        "resource",
+        "resources",
+        "Resource",
+        [
+            code("number", 20),
+            text("displayName", 100),
+            choice("type", RESOURCE_TYPE),
+            code("baseUnitOfMeasureCode", 10),
+            decimal("unitCost"),
+            decimal("unitPrice"),
+            boolean("blocked"),
+        ],
+        number_series="R",
+        code_references={"baseUnitOfMeasureCode": ("unitOfMeasure", "code")},
+        extra={"api_route": "custom"},
+    ).build()
+
+
+def _currency() -> EntityType:
+    return _Entity(
+        "currency",
+        "currencies",
+        "Currency",
+        [
+            code("code", 10),
+            text("displayName", 30),
+            text("symbol", 10),
+            text("amountDecimalPlaces", 5),
+            decimal("amountRoundingPrecision"),
+        ],
+        code_keyed=True,
+    ).build()
+
+
+def _salesperson() -> EntityType:
+    return _Entity(
+        "salespersonPurchaser",
+        "salespeoplePurchasers",
+        "Salesperson/Purchaser",
+        [
+            code("code", 20),
+            text("displayName", 50),
+            text("email", 80),
+            text("email2", 80),
+            text("phoneNo", 30),
+            text("jobTitle", 30),
+            decimal("commisionPercent"),  # sic: BC's API spells it with one "s"
+            boolean("privacyBlocked"),
+            boolean("blocked"),
+        ],
+        code_keyed=True,
+    ).build()
+
+
+def _unit_of_measure() -> EntityType:
+    return _Entity(
+        "unitOfMeasure",
+        "unitsOfMeasure",
+        "Unit of Measure",
+        [
+            code("code", 10),
+            text("displayName", 50),
+            code("internationalStandardCode", 10),
+            text("symbol", 10),
+        ],
+        code_keyed=True,
+    ).build()
+
+
+def _payment_term() -> EntityType:
+    return _Entity(
+        "paymentTerm",
+        "paymentTerms",
+        "Payment Terms",
+        [
+            code("code", 10),
+            text("displayName", 100),
+            # DateFormula fields travel as their text form ("14D", "1M+CM").
+            text("dueDateCalculation", None),
+            text("discountDateCalculation", None),
+            decimal("discountPercent"),
+            boolean("calculateDiscountOnCreditMemos"),
+        ],
+        code_keyed=True,
+    ).build()
+
+
+def _shipment_method() -> EntityType:
+    return _Entity(
+        "shipmentMethod",
+        "shipmentMethods",
+        "Shipment Method",
+        [code("code", 10), text("displayName", 100)],
+        code_keyed=True,
+    ).build()
+
+
+def _payment_method() -> EntityType:
+    return _Entity(
+        "paymentMethod",
+        "paymentMethods",
+        "Payment Method",
+        [code("code", 10), text("displayName", 100)],
+        code_keyed=True,
+    ).build()
+
+
+def _country_region() -> EntityType:
+    return _Entity(
+        "countryRegion",
+        "countriesRegions",
+        "Country/Region",
+        [code("code", 10), text("displayName", 50), choice("addressFormat", ADDRESS_FORMAT)],
+        code_keyed=True,
+    ).build()
+
+
+_ENTITIES = (
+    _company,
+    _customer,
+    _vendor,
+    _contact,
+    _item,
+    _currency,
+    _salesperson,
+    _unit_of_measure,
+    _payment_term,
+    _shipment_method,
+    _payment_method,
+    _country_region,
+    _resource,
+)
+
+
+# -- public interface ---------------------------------------------------------------------------
+
+
+def build_schema() -> Schema:
+    """A fresh BC schema (new objects every call)."""
+    return Schema(NAMESPACE, [make() for make in _ENTITIES])
+
+
+def company_scoped(schema: Schema) -> list[EntityType]:
+    """The entities that live under ``companies({id})`` (everything but ``company``)."""
+    return [e for e in schema if e.scope_property is not None]

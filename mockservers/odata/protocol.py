@@ -1,0 +1,52 @@
+"""Small HTTP-level pieces both services share: the Prefer header, a transport-neutral response."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from werkzeug.datastructures import Headers
+from werkzeug.wrappers import Response
+
+JSON_TYPE = "application/json; odata.metadata=minimal"
+
+
+@dataclass
+class Result:
+    """A response before it becomes a Flask response (or a `$batch` part)."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None,
+             content_type: str = JSON_TYPE) -> Result:
+        return cls(status, [("Content-Type", content_type), *(headers or [])], json.dumps(payload).encode())
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        return next((v for k, v in self.headers if k.lower() == lowered), None)
+
+
+def parse_prefer(headers: Headers) -> dict[str, str]:
+    """`Prefer` preferences by lower-cased name (values keep their quotes stripped of whitespace)."""
+    prefs: dict[str, str] = {}
+    for value in headers.getlist("Prefer"):
+        for part in re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", value):
+            name, _, setting = part.strip().partition("=")
+            if name:
+                prefs[name.strip().lower()] = setting.strip()
+    return prefs
+
+
+def to_response(result: Result) -> Response:
+    """The WSGI response for a ``Result`` (both services answer with OData-Version 4.0)."""
+    response = Response(result.body, status=result.status)
+    response.headers.pop("Content-Type", None)
+    for name, value in result.headers:
+        response.headers.add(name, value)
+    response.headers["OData-Version"] = "4.0"
+    return response
