@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
 
 from .sandbox.server import Sandbox, SandboxConfig
 
@@ -33,19 +34,28 @@ def main() -> None:
 @click.option("--dataverse-port", type=int, default=5001, show_default=True)
 @click.option("--bc-port", type=int, default=5002, show_default=True)
 @click.option("--db-url", default=None, help="SQLAlchemy URL for the Dataverse store (default: SQLite in --data-dir).")
+@click.option("--bc-db-url", default=None, help="SQLAlchemy URL for the BC store (default: SQLite in --data-dir).")
+@click.option("--bc-max-page-size", type=click.IntRange(1, 20_000), default=20_000, show_default=True,
+              help="Server page size of the BC API (BC online: 20,000).")
+@click.option("--webhook-delay", type=click.FloatRange(0), default=30.0, show_default=True,
+              help="Seconds BC waits after a change before sending webhook notifications.")
 def serve(data_dir: Path, seed: bool, fixture: str, tls: bool, host: str, identity_port: int,
-          dataverse_port: int, bc_port: int, db_url: str | None) -> None:
+          dataverse_port: int, bc_port: int, db_url: str | None, bc_db_url: str | None, bc_max_page_size: int,
+          webhook_delay: float) -> None:
     """Run the sandbox in the foreground until Ctrl+C."""
     config = SandboxConfig(data_dir=data_dir, host=host, identity_port=identity_port,
                            dataverse_port=dataverse_port, bc_port=bc_port, tls=tls, seed=seed,
-                           fixture=fixture, db_url=db_url)
+                           fixture=fixture, db_url=db_url, bc_db_url=bc_db_url,
+                           bc_max_page_size=bc_max_page_size, webhook_delay_seconds=webhook_delay)
     sandbox = Sandbox(config)
     try:
         info = sandbox.start()
-    except OSError as error:
-        raise click.ClickException(f"cannot start the sandbox: {error.strerror or error}") from None
     except FileNotFoundError as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot start the sandbox: {error.strerror or error}") from None
+    except SQLAlchemyError as error:
+        raise click.ClickException(f"cannot open the database: {str(error).splitlines()[0]}") from None
     console.print(f"[bold]bc-dataverse-sandbox[/bold] running (state in {data_dir.resolve()})")
     console.print(f"  identity   {info['identity']['url']}  tenant {info['tenant_id']}")
     console.print(f"  dataverse  {info['dataverse']['api_root']}")

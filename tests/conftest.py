@@ -86,12 +86,17 @@ def start_sandbox(data_dir: Path, *, seed: bool = True) -> RunningSandbox:
     return RunningSandbox(sandbox, info, data_dir)
 
 
-@pytest.fixture(autouse=True)
-def _no_foreign_ca_bundle(monkeypatch: pytest.MonkeyPatch) -> None:
-    """requests lets these variables override `verify=`; tests must use the sandbox CA they pass."""
-    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-        if name in os.environ:
-            monkeypatch.delenv(name)
+@pytest.fixture(scope="session", autouse=True)
+def _no_foreign_ca_bundle() -> Iterator[None]:
+    """requests lets these variables override `verify=`; tests must use the sandbox CA they pass.
+
+    Session-scoped so that module-scoped fixtures (which start sandboxes) run without them too.
+    """
+    saved = {name: os.environ.pop(name) for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE") if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="module")

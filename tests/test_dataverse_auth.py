@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,6 @@ REPORTING_APP = "5a8d2c1f-9e3b-4f7a-b6c4-2d1e0f9a8b73"
 REPORTING_USER = "5e000000-0000-4000-8000-000000000003"
 OTHER_TENANT = "0f0f0f0f-1111-4222-8333-444444444444"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_trusts_only_the_sandbox_ca() -> Iterator[None]:
-    """Module fixtures run before conftest's per-test guard; drop CA-bundle overrides for them too."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-            mp.delenv(name, raising=False)
-        yield
 
 
 def _claims(sandbox, **overrides: Any) -> dict[str, Any]:
@@ -129,6 +121,11 @@ def test_bad_tokens_get_401_with_the_bearer_challenge(
     assert set(error) == {"code", "message"}
     assert isinstance(error["code"], str) and error["message"]
     assert "Traceback" not in resp.text
+    if method == "POST":
+        backend = sandbox.sandbox.backends["dataverse"]
+        table = backend.store.table(backend.entity("account"))
+        with backend.store.read() as conn:
+            assert conn.execute(table.select().where(table.c.name == body["name"])).first() is None
 
 
 def test_rejected_requests_change_nothing(sandbox, dv: requests.Session) -> None:

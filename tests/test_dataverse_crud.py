@@ -12,7 +12,6 @@ import json
 import re
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -29,14 +28,6 @@ USD = "cc000000-0000-4000-8000-000000000001"
 EDMX = "{http://docs.oasis-open.org/odata/ns/edmx}"
 EDM = "{http://docs.oasis-open.org/odata/ns/edm}"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_trusts_only_the_sandbox_ca() -> Iterator[None]:
-    """Module fixtures run before conftest's per-test guard; drop CA-bundle overrides for them too."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-            mp.delenv(name, raising=False)
-        yield
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -344,6 +335,16 @@ def test_navigation_collection_ref_and_count(sandbox, dv: requests.Session) -> N
     count = dv.get(f"{sandbox.api}/accounts({key})/contact_customer_accounts/$count")
     assert count.status_code == 200 and count.headers["Content-Type"].startswith("text/plain")
     assert count.content.decode("utf-8-sig") == "3"
+
+    prefer = {"Prefer": "odata.maxpagesize=2"}
+    page = dv.get(f"{sandbox.api}/accounts({key})/contact_customer_accounts",
+                  params={"$select": "lastname", "$count": "true"}, headers=prefer)
+    assert page.headers["Preference-Applied"] == "odata.maxpagesize=2"
+    first = page.json()
+    assert first["@odata.count"] == 3 and len(first["value"]) == 2
+    rest = dv.get(first["@odata.nextLink"], headers=prefer).json()
+    assert "@odata.nextLink" not in rest
+    assert sorted(c["contactid"] for c in first["value"] + rest["value"]) == children
 
 
 def test_associate_and_disassociate_through_ref(sandbox, dv: requests.Session) -> None:

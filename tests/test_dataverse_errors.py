@@ -12,7 +12,7 @@ import email.policy
 import json
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,14 +22,6 @@ import requests
 API_ROOT = "/api/data/v9.2"
 MISSING = "5b4ced1c-88e1-ee11-904c-6045bd05e9d4"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_trusts_only_the_sandbox_ca() -> Iterator[None]:
-    """Module fixtures run before conftest's per-test guard; drop CA-bundle overrides for them too."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-            mp.delenv(name, raising=False)
-        yield
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -116,6 +108,8 @@ ROWS = [
         "Could not find a property named 'Name' on type 'Microsoft.Dynamics.CRM.account'."),
     Row("unknown property in $select of one record", "GET", "accounts({acct})?$select=Name", 400, "0x0",
         "Could not find a property named 'Name'"),
+    Row("$ref expand on a collection navigation", "GET", "accounts?$expand=contact_customer_accounts/$ref", 400,
+        "0x80060888", "Expand with $ref is only supported on lookup type navigation property."),
     Row("unknown property in POST body", "POST", "accounts", 400, "0x0",
         "Invalid property 'Name' was found in entity 'Microsoft.Dynamics.CRM.account'", body={"Name": "x"}),
     Row("unknown property in PATCH body", "PATCH", "accounts({acct})", 400, "0x0",
@@ -225,6 +219,12 @@ def test_error_table(sandbox, dv: requests.Session, ctx: dict[str, str], row: Ro
 
     after = dv.get(f"{sandbox.api}/accounts({ctx['acct']})").json()
     assert after == before, "a failing request must leave the record as it was"
+    if row.method == "POST" and isinstance(row.body, dict):
+        for column, set_name in (("name", "accounts"), ("lastname", "contacts")):
+            if isinstance(row.body.get(column), str):
+                literal = row.body[column].replace("'", "''")
+                found = dv.get(f"{sandbox.api}/{set_name}", params={"$filter": f"{column} eq '{literal}'"})
+                assert found.json()["value"] == [], "a rejected create must not leave a row"
 
 
 def test_rejected_creates_leave_no_rows(sandbox, dv: requests.Session, ctx: dict[str, str]) -> None:

@@ -9,7 +9,6 @@ and every answer must be a non-5xx; every error must be JSON in the Dataverse en
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
@@ -19,14 +18,6 @@ from hypothesis import strategies as st
 
 ADATUM = "a0000000-0000-4000-8000-000000000001"
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_trusts_only_the_sandbox_ca() -> Iterator[None]:
-    """Module fixtures run before conftest's per-test guard; drop CA-bundle overrides for them too."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-            mp.delenv(name, raising=False)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ Comparisons follow SQL semantics as Dataverse does (`ne`/`not`/`NotIn` never mat
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -28,14 +28,6 @@ NAVIGATION = "@Microsoft.Dynamics.CRM.associatednavigationproperty"
 
 Row = dict[str, Any]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _module_trusts_only_the_sandbox_ca() -> Iterator[None]:
-    """Module fixtures run before conftest's per-test guard; drop CA-bundle overrides for them too."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
-            mp.delenv(name, raising=False)
-        yield
 
 
 def store_rows(sandbox, table: str) -> list[Row]:

@@ -163,7 +163,13 @@ class DataverseService:
             args["$filter"] = rewriter.rewrite(text)
         if "$orderby" in args and aliases:
             args["$orderby"] = substitute_aliases(args["$orderby"], aliases).replace("'", "")
-        return parse_options(args)
+        opts = parse_options(args)
+        for item in opts.expand:
+            nav = entity.navigation(item.name)
+            if item.options.ref and nav is not None and nav.collection:
+                raise DataverseError(400, exc.QUERY_PROPERTY_ERROR,
+                                     "Expand with $ref is only supported on lookup type navigation property.")
+        return opts
 
     def _page_size(self, prefs: dict[str, str]) -> tuple[int, bool]:
         raw = prefs.get("odata.maxpagesize")
@@ -472,16 +478,19 @@ class DataverseService:
             if tail == ["$count"]:
                 page = self.backend.runner.run(conn, target, QueryOptions(count=True), conditions=conds, page_size=1)
                 return Result(200, [("Content-Type", "text/plain")], ("\ufeff" + str(page.count)).encode("utf-8"))
-            page_size, _ = self._page_size(parse_prefer(req.headers))
+            page_size, preferred = self._page_size(parse_prefer(req.headers))
             offset, _ = self._read_skiptoken(req.args.get("$skiptoken"))
-            page = self.backend.runner.run(conn, target, opts, conditions=conds, page_size=page_size, offset=offset)
+            page = self.backend.runner.run(conn, target, opts, conditions=conds, page_size=page_size, offset=offset,
+                                           count_cap=COUNT_LIMIT)
             records = self.serializer.records(conn, target, page.rows, opts.select, opts.expand, Annotations(None))
-        payload: dict[str, Any] = {"@odata.context": self.context(self._context_fragment(target, opts)),
-                                   "value": records}
+        payload: dict[str, Any] = {"@odata.context": self.context(self._context_fragment(target, opts))}
+        if page.count is not None:
+            payload["@odata.count"] = page.count
+        payload["value"] = records
         if page.has_more:
             payload["@odata.nextLink"] = self._link(
                 req, {"$skiptoken": self._skiptoken(target, offset + len(page.rows), page.rows, None)})
-        return Result.json(200, payload)
+        return Result.json(200, payload, [("Preference-Applied", f"odata.maxpagesize={page_size}")] if preferred else [])
 
     def property_value(self, req: Request, entity: EntityType, head: Segment, name: str, raw: bool) -> Result:
         prop = entity.property(name)

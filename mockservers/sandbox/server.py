@@ -52,6 +52,7 @@ class SandboxConfig:
     db_url: str | None = None  # SQLAlchemy URL for Dataverse; default: SQLite file in data_dir
     bc_db_url: str | None = None  # SQLAlchemy URL for BC; default: SQLite file in data_dir
     webhook_delay_seconds: float = 30.0
+    bc_max_page_size: int = 20_000  # BC online serves at most 20,000 entities a page
     auth: bool = True
 
 
@@ -123,6 +124,7 @@ class Sandbox:
             tenant_aliases={directory.tenant_id, *directory.domains},
             sandbox=bc_services,
             webhooks=self.webhooks,
+            max_page_size=cfg.bc_max_page_size,
         )
         self.backends = {"dataverse": backend, "bc": bc_backend}
         app = directory.integration_app
