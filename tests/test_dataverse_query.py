@@ -466,3 +466,42 @@ def test_annotations_on_expanded_records(sandbox, dv: requests.Session, primary_
     assert body[f"_primarycontactid_value{FORMATTED}"] == contact["fullname"]
     assert body[f"_primarycontactid_value{LOGICAL}"] == "contact"
     assert body["primarycontactid"][f"statecode{FORMATTED}"] == "Active"
+
+
+def test_expand_lookup_ref_returns_only_the_uri(sandbox, dv: requests.Session) -> None:
+    resp = dv.get(f"{sandbox.api}/contacts", params={
+        "$select": "fullname", "$expand": "parentcustomerid_account/$ref",
+        "$filter": "_parentcustomerid_value ne null"})
+    assert resp.status_code == 200
+    rows = [r for r in resp.json()["value"] if r["parentcustomerid_account"] is not None]
+    assert rows, "the seed has contacts parented to accounts"
+    for row in rows:
+        assert set(row["parentcustomerid_account"]) == {"@odata.id"}
+        assert row["parentcustomerid_account"]["@odata.id"].startswith(f"{sandbox.api}/accounts(")
+    assert "parentcustomerid_account()" in resp.json()["@odata.context"]
+
+
+def test_paging_cookie_carries_the_keyset_so_deletes_between_pages_skip_nothing(sandbox, dv: requests.Session) -> None:
+    """The skip token holds the last row's sort values: deleting that row does not disturb the next page."""
+    created = []
+    for i in range(7):
+        resp = dv.post(f"{sandbox.api}/accounts", json={"name": f"Keyset probe {i:02d}"})
+        assert resp.status_code == 204
+        created.append(resp.headers["OData-EntityId"].rsplit("(", 1)[1].rstrip(")"))
+    params = {"$select": "name", "$filter": "startswith(name,'Keyset probe')", "$orderby": "name desc"}
+    headers = {"Prefer": "odata.maxpagesize=3"}
+    first = dv.get(f"{sandbox.api}/accounts", params=params, headers=headers).json()
+    names = [r["name"] for r in first["value"]]
+    assert names == ["Keyset probe 06", "Keyset probe 05", "Keyset probe 04"]
+    assert "pagingcookie=" in first["@odata.nextLink"]
+    # The last row of the page disappears before the client asks for the next page.
+    assert dv.delete(f"{sandbox.api}/accounts({created[4]})").status_code == 204
+    link = first["@odata.nextLink"]
+    while link:
+        page = dv.get(link, headers=headers).json()
+        names += [r["name"] for r in page["value"]]
+        link = page.get("@odata.nextLink")
+    assert names == [f"Keyset probe {i:02d}" for i in (6, 5, 4, 3, 2, 1, 0)]
+    bad = dv.get(first["@odata.nextLink"].replace("pagingcookie", "pagingcrumb"), headers=headers)
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "0x80040203"

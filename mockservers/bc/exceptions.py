@@ -54,8 +54,9 @@ def entity_changed() -> BCError:
     return BCError(409, "Request_EntityChanged", "Another user has already changed the record.")
 
 
-def from_engine(exc: engine.ODataError, entity: EntityType | None = None, caption: str | None = None) -> BCError:
-    """Translate a shared-engine failure into BC's status and code."""
+def from_engine(exc: engine.ODataError, entity: EntityType | None = None, caption: str | None = None,
+                values: dict | None = None) -> BCError:
+    """Translate a shared-engine failure into BC's status and code (``values``: the row written, for key texts)."""
     if isinstance(exc, engine.NotFound):
         return resource_not_found(entity.set_name if entity else str(exc.entity))
     if isinstance(exc, engine.VersionMismatch):
@@ -63,7 +64,8 @@ def from_engine(exc: engine.ODataError, entity: EntityType | None = None, captio
     if isinstance(exc, engine.AlreadyExists | engine.KeyViolation):
         fields = ""
         if isinstance(exc, engine.KeyViolation):
-            fields = " Identification fields and values: " + ", ".join(f"{p}" for p in exc.properties)
+            fields = " Identification fields and values: " + ",".join(
+                f"{p}='{values[p]}'" if values and p in values else p for p in exc.properties)
         return BCError(409, "Internal_EntityWithSameKeyExists", f"The {caption or 'record'} already exists.{fields}")
     if isinstance(exc, engine.UnknownProperty):
         return BCError(400, "BadRequest", exc.message.replace("Microsoft.Dynamics.CRM", "Microsoft.NAV"))

@@ -249,7 +249,7 @@ class BCBackend:
         try:
             return self.store.insert(conn, entity, values, company_id)
         except engine.ODataError as error:
-            raise exc.from_engine(error, entity, entity.extra.get("caption")) from error
+            raise exc.from_engine(error, entity, entity.extra.get("caption"), values) from error
 
     def update(self, conn: Connection, entity: EntityType, company_id: str, key: str, body: Any, *,
                if_version: int | None) -> Row:
@@ -260,7 +260,7 @@ class BCBackend:
         try:
             return self.store.update(conn, entity, key, values, if_version=if_version, scope=company_id)
         except engine.ODataError as error:
-            raise exc.from_engine(error, entity, entity.extra.get("caption")) from error
+            raise exc.from_engine(error, entity, entity.extra.get("caption"), {**existing, **values}) from error
 
     def delete(self, conn: Connection, entity: EntityType, company_id: str, key: str, *,
                if_version: int | None) -> Row:

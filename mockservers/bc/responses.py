@@ -188,8 +188,8 @@ class BCService:
 
     def metadata(self, route: Route) -> Result:
         if route.custom not in self._csdl:
-            served = set(self._entities(route).values()) | {self.backend.company_entity}
-            keep = [e for e in self.schema if e in served]
+            served = {e.name for e in self._entities(route).values()} | {self.backend.company_entity.name}
+            keep = [e for e in self.schema if e.name in served]
             # navigations to entities outside this route are dropped from its document
             subset = Schema(self.schema.namespace, [_without_foreign_navs(e, keep) for e in keep])
             self._csdl[route.custom] = render_csdl(subset, container="NAV", enum_types=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
+from xml.etree import ElementTree
 
 from sqlalchemy.engine import Connection
 from werkzeug.datastructures import Headers, MultiDict
@@ -30,6 +31,7 @@ from . import exceptions as exc
 from .exceptions import DataverseError
 from .metadata import MetadataError, MetadataQuery
 from .models import Caller, DataverseBackend
+from .paging import PagingCookie, paging_cookie, read_paging_cookie
 from .query_functions import FunctionRewriter, substitute_aliases
 from .serializer import Annotations, Serializer, etag
 
@@ -62,7 +64,7 @@ class DataverseService:
         self.schema = backend.schema
         self.store = backend.store
         self.service_root = service_root.rstrip("/")
-        self.serializer = Serializer(self.schema, self.store)
+        self.serializer = Serializer(self.schema, self.store, self.service_root)
         self.tx = Transactions(self.store)
         self._csdl: str | None = None
 
@@ -214,13 +216,14 @@ class DataverseService:
         page_size, preferred = self._page_size(prefs)
         if preferred:
             opts.top = None  # documented: $top is ignored together with odata.maxpagesize
-        offset, tracking_version = self._read_skiptoken(req.args.get("$skiptoken"))
+        cookie = self._read_skiptoken(entity, opts, req.args.get("$skiptoken"))
+        tracking_version = cookie.tracking
         annotations = Annotations(prefs.get("odata.include-annotations"))
         with self.connection(False) as conn:
             if "odata.track-changes" in prefs and tracking_version is None:
                 tracking_version = self.store.current_version(conn)
             page = self.backend.runner.run(
-                conn, entity, opts, page_size=page_size, offset=offset, count_cap=COUNT_LIMIT
+                conn, entity, opts, page_size=page_size, after=cookie.last, count_cap=COUNT_LIMIT
             )
             records = self.serializer.records(conn, entity, page.rows, opts.select, opts.expand, annotations)
         payload: dict[str, Any] = {"@odata.context": self.context(self._context_fragment(entity, opts))}
@@ -233,8 +236,7 @@ class DataverseService:
             payload["@odata.count"] = page.count
         payload["value"] = records
         if page.has_more:
-            token = self._skiptoken(entity, offset + len(page.rows), page.rows, tracking_version)
-            payload["@odata.nextLink"] = self._link(req, {"$skiptoken": token})
+            payload["@odata.nextLink"] = self._next_link(req, entity, opts, page, cookie.page + 1, tracking_version)
         elif tracking_version is not None:
             payload["@odata.deltaLink"] = self._link(req, {"$deltatoken": self._deltatoken(tracking_version)})
         headers = self._applied(prefs, preferred, page_size, annotations)
@@ -258,30 +260,25 @@ class DataverseService:
         return entity.set_name + (f"({','.join(parts)})" if parts else "") + suffix
 
     def _link(self, req: Request, extra: dict[str, str]) -> str:
-        args = [(k, v) for k, v in req.args.items(multi=True) if k not in ("$skiptoken", "$deltatoken")]
+        args = [(k, v) for k, v in req.args.items(multi=True) if k not in ("$skiptoken", "$deltatoken", *extra)]
         args.extend(extra.items())
         query = urlencode(args, quote_via=quote, safe="$,()'=@/:*")
         return f"{self.service_root}/{req.path}?{query}"
 
-    @staticmethod
-    def _skiptoken(entity: EntityType, offset: int, rows: list[Row], tracking: int | None) -> str:
-        first = rows[0][entity.key].upper() if rows else ""
-        last = rows[-1][entity.key].upper() if rows else ""
-        tracking_xml = "" if tracking is None else f'<tracking version="{tracking}" />'
-        inner = f'<cookie page="{offset}"><{entity.key} last="{{{last}}}" first="{{{first}}}" />{tracking_xml}</cookie>'
-        return (f'<cookie pagenumber="{offset}" pagingcookie="{quote(quote(inner))}" '
-                f'istracking="{"True" if tracking is not None else "False"}" />')
+    def _next_link(self, req: Request, entity: EntityType, opts: QueryOptions, page, page_number: int,
+                   tracking: int | None) -> str:
+        extra = {"$skiptoken": paging_cookie(entity, opts, page.rows, page_number, tracking)}
+        if opts.top is not None:
+            extra["$top"] = str(opts.top - len(page.rows))
+        return self._link(req, extra)
 
-    @staticmethod
-    def _read_skiptoken(token: str | None) -> tuple[int, int | None]:
+    def _read_skiptoken(self, entity: EntityType, opts: QueryOptions, token: str | None) -> PagingCookie:
         if token is None:
-            return 0, None
-        m = re.search(r'pagenumber="(\d+)"', token)
-        if not m:
-            raise DataverseError(400, exc.INVALID_ARGUMENT, "The $skiptoken value is not valid.")
-        tracking = re.search(r"tracking%2520version%253D%2522(\d+)", token) or re.search(
-            r'tracking version="(\d+)"', unquote(unquote(token)))
-        return int(m.group(1)), int(tracking.group(1)) if tracking else None
+            return PagingCookie(page=1, last=None, tracking=None)
+        try:
+            return read_paging_cookie(entity, opts, token)
+        except (ValueError, ElementTree.ParseError, engine.ODataError) as error:
+            raise DataverseError(400, exc.INVALID_ARGUMENT, "The $skiptoken value is not valid.") from error
 
     @staticmethod
     def _deltatoken(version: int) -> str:
@@ -479,17 +476,16 @@ class DataverseService:
                 page = self.backend.runner.run(conn, target, QueryOptions(count=True), conditions=conds, page_size=1)
                 return Result(200, [("Content-Type", "text/plain")], ("\ufeff" + str(page.count)).encode("utf-8"))
             page_size, preferred = self._page_size(parse_prefer(req.headers))
-            offset, _ = self._read_skiptoken(req.args.get("$skiptoken"))
-            page = self.backend.runner.run(conn, target, opts, conditions=conds, page_size=page_size, offset=offset,
-                                           count_cap=COUNT_LIMIT)
+            cookie = self._read_skiptoken(target, opts, req.args.get("$skiptoken"))
+            page = self.backend.runner.run(conn, target, opts, conditions=conds, page_size=page_size,
+                                           after=cookie.last, count_cap=COUNT_LIMIT)
             records = self.serializer.records(conn, target, page.rows, opts.select, opts.expand, Annotations(None))
         payload: dict[str, Any] = {"@odata.context": self.context(self._context_fragment(target, opts))}
         if page.count is not None:
             payload["@odata.count"] = page.count
         payload["value"] = records
         if page.has_more:
-            payload["@odata.nextLink"] = self._link(
-                req, {"$skiptoken": self._skiptoken(target, offset + len(page.rows), page.rows, None)})
+            payload["@odata.nextLink"] = self._next_link(req, target, opts, page, cookie.page + 1, None)
         return Result.json(200, payload, [("Preference-Applied", f"odata.maxpagesize={page_size}")] if preferred else [])
 
     def property_value(self, req: Request, entity: EntityType, head: Segment, name: str, raw: bool) -> Result:

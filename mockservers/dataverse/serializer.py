@@ -73,9 +73,10 @@ def _format_value(prop: Property, value: Any, currency_symbol: str | None) -> st
 
 
 class Serializer:
-    def __init__(self, schema: Schema, store: Store) -> None:
+    def __init__(self, schema: Schema, store: Store, service_root: str = "") -> None:
         self.schema = schema
         self.store = store
+        self.service_root = service_root
 
     def _lookup_names(self, conn: Connection, entity: EntityType, rows: list[Row]) -> dict[tuple[str, str], str]:
         """Primary names of every record the rows point to: one query per target table."""
@@ -138,7 +139,10 @@ class Serializer:
                 target = self.schema.entity(nav.target)
                 assert target is not None
                 related = row.get(item.name)
-                if nav.collection:
+                if item.options.ref:  # $expand=lookup/$ref: only the related record's URI
+                    record[item.name] = ({"@odata.id": f"{self.service_root}/{target.set_name}({related[target.key]})"}
+                                         if related else None)
+                elif nav.collection:
                     record[item.name] = self.records(
                         conn, target, related or [], item.options.select, item.options.expand, annotations
                     )

@@ -2,8 +2,9 @@
 
 odata-query covers `$filter` only; `$select`, `$orderby`, `$top`, `$skip`, `$count` and `$expand`
 are parsed here (their grammar is a comma list with nested parentheses) and validated against the
-declarations. Paging is keyset-based (rows after the last row of the previous page, in the query's
-order) or offset-based, behind a token each service encodes its own way.
+declarations. Paging is keyset-based: a page continues after the last row of the previous one, in the
+query's order, so pages neither skip nor repeat rows when data changes between requests. Each service
+encodes the last row's sort values in a token of its own shape.
 """
 
 from __future__ import annotations
@@ -237,6 +238,10 @@ class QueryRunner:
             condition = beyond if condition is None else sa.or_(beyond, sa.and_(same, condition))
         return condition
 
+    def sort_columns(self, entity: EntityType, orderby: list[tuple[str, bool]]) -> list[str]:
+        """The columns a keyset token must carry: the order-by columns, then the key."""
+        return [name for name, _ in orderby] + [entity.key]
+
     def run(
         self,
         conn: Connection,
@@ -245,11 +250,10 @@ class QueryRunner:
         *,
         conditions: list[Any] | None = None,
         page_size: int | None = None,
-        offset: int = 0,
         after: Row | None = None,
         count_cap: int | None = None,
     ) -> Page:
-        """One page of an entity-set query, continuing ``offset`` rows in or after the row ``after``."""
+        """One page of an entity-set query, after the row whose sort values are ``after`` (if given)."""
         self.check_select(entity, opts.select)
         self.check_expand(entity, opts.expand)
         stmt = self.base_select(entity, opts, conditions or [])
@@ -262,10 +266,8 @@ class QueryRunner:
         if after is not None:
             stmt = stmt.where(self.after_condition(entity, opts.orderby, after))
         stmt = self.order(entity, stmt, opts.orderby)
-        start = offset + (opts.skip or 0) if after is None else 0
-        limit = None
-        if opts.top is not None:
-            limit = max(opts.top - offset, 0)
+        start = (opts.skip or 0) if after is None else 0
+        limit = opts.top
         has_more = False
         fetch = limit
         if page_size is not None and (limit is None or limit > page_size):
@@ -277,8 +279,6 @@ class QueryRunner:
         rows = [dict(r) for r in conn.execute(stmt).mappings()]
         if page_size is not None and len(rows) > page_size:
             rows = rows[:page_size]
-            has_more = True
-        elif page_size is not None and limit is not None and limit > page_size and len(rows) == page_size:
             has_more = True
         self.expand(conn, entity, rows, opts.expand)
         return Page(rows, has_more, count)
