@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 
 import click
@@ -15,6 +15,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from .sandbox.server import Sandbox, SandboxConfig
 
 console = Console(stderr=True, soft_wrap=True)
+# Out-of-range numbers would otherwise wrap around silently (70000 binds 4464).
+PORT = click.IntRange(0, 65535)
 
 
 @click.group()
@@ -30,9 +32,9 @@ def main() -> None:
 @click.option("--tls/--no-tls", default=False, show_default=True,
               help="Serve HTTPS with a local CA (needed by Microsoft's SDKs).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--identity-port", type=int, default=5000, show_default=True)
-@click.option("--dataverse-port", type=int, default=5001, show_default=True)
-@click.option("--bc-port", type=int, default=5002, show_default=True)
+@click.option("--identity-port", type=PORT, default=5000, show_default=True)
+@click.option("--dataverse-port", type=PORT, default=5001, show_default=True)
+@click.option("--bc-port", type=PORT, default=5002, show_default=True)
 @click.option("--db-url", default=None, help="SQLAlchemy URL for the Dataverse store (default: SQLite in --data-dir).")
 @click.option("--bc-db-url", default=None, help="SQLAlchemy URL for the BC store (default: SQLite in --data-dir).")
 @click.option("--bc-max-page-size", type=click.IntRange(1, 20_000), default=20_000, show_default=True,
@@ -68,11 +70,14 @@ def serve(data_dir: Path, seed: bool, fixture: str, tls: bool, host: str, identi
         console.print(f"  export REQUESTS_CA_BUNDLE={info['ca_bundle']}")
     console.print(f"  details    {(data_dir / 'sandbox.json').resolve()}")
     console.print("Press Ctrl+C to stop.")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # A plain list, not threading.Event: Event.set() from a signal handler deadlocks when the signal
+    # lands while the main thread holds the Event's lock inside Event.wait() (the process then
+    # ignores SIGTERM for good).
+    stop_signals: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop_signals.append(signum))
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop_signals:
+            time.sleep(0.2)
     except KeyboardInterrupt:
         pass
     finally:

@@ -160,10 +160,6 @@ def test_count_agrees_with_sql(sandbox: RunningSandbox, bc: requests.Session, co
 
 
 # -- $filter ------------------------------------------------------------------------------------------------
-def _adatum() -> dict[str, Any]:
-    return {}
-
-
 FILTERS: list[tuple[str, Callable[[sa.Table], Any]]] = [
     ("city eq 'Atlanta'", lambda t: t.c.city == "Atlanta"),
     ("city ne 'Atlanta'", lambda t: t.c.city != "Atlanta"),

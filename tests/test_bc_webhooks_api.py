@@ -230,6 +230,13 @@ def test_sets_without_webhooks_are_refused(sandbox: RunningSandbox, bc: requests
     assert not [s for s in listed if s["notificationUrl"] == receiver.url]
 
 
+def test_unknown_company_is_refused(sandbox: RunningSandbox, bc: requests.Session, receiver: Receiver) -> None:
+    missing = str(uuid.uuid4())
+    resp = subscribe(sandbox, bc, receiver, resource=f"/api/v2.0/companies({missing})/customers")
+    assert missing in assert_bc_error(resp, 400, "BadRequest")
+    assert receiver.handshakes == []
+
+
 def test_failed_handshake_stores_nothing(sandbox: RunningSandbox, bc: requests.Session,
                                          receivers: Callable[..., Receiver]) -> None:
     wrong = receivers(handshake="wrong")
@@ -381,6 +388,26 @@ def test_renew_needs_if_match_and_handshakes_again(sandbox: RunningSandbox, bc: 
     [item] = wait_until(lambda: receiver.items_for(f"customers({marker['id']})"), "the renewed notification")
     assert item["clientState"] == "renewed"
     assert item["expirationDateTime"] == body["expirationDateTime"]
+
+
+def test_renew_to_a_new_url_handshakes_there_first(sandbox: RunningSandbox, bc: requests.Session,
+                                                   receivers: Callable[..., Receiver]) -> None:
+    old, liar, new = receivers(), receivers(handshake="wrong"), receivers()
+    sub = subscribed(sandbox, bc, old)
+    url = f"{sandbox.bc_api}/subscriptions('{sub['subscriptionId']}')"
+    refused = bc.patch(url, json={"notificationUrl": liar.url}, headers={"If-Match": sub["@odata.etag"]})
+    assert_bc_error(refused, 400, "BadRequest")
+    assert len(liar.handshakes) == 1
+    unchanged = bc.get(url).json()
+    assert unchanged["notificationUrl"] == old.url and unchanged["@odata.etag"] == sub["@odata.etag"]
+
+    moved = bc.patch(url, json={"notificationUrl": new.url}, headers={"If-Match": sub["@odata.etag"]})
+    assert moved.status_code == 200, moved.text
+    assert moved.json()["notificationUrl"] == new.url
+    assert len(new.handshakes) == 1 and len(old.handshakes) == 1
+    marker = new_customer(sandbox, bc, "Moved Subscription Marker Ltd")
+    wait_until(lambda: new.items_for(f"customers({marker['id']})"), "the notification at the new URL")
+    assert old.posts == [] and liar.posts == []
 
 
 def test_deleted_subscription_stops_notifications(sandbox: RunningSandbox, bc: requests.Session,

@@ -451,7 +451,9 @@ class BCService:
                 if req.method == "GET":
                     return self._json(200, {"@odata.context": context, "value": hooks.list()})
                 if req.method == "POST":
-                    created = hooks.create(self._body(req), user_id=req.principal.get("oid", ""),
+                    body = self._body(req)
+                    self._check_subscription_company(body)
+                    created = hooks.create(body, user_id=req.principal.get("oid", ""),
                                            api_prefix=self._api_prefix(req))
                     location = f"{root_url}/subscriptions('{created['subscriptionId']}')"
                     return self._json(201, {"@odata.context": context + "/$entity", **created},
@@ -469,6 +471,19 @@ class BCService:
             raise exc.method_not_allowed(req.method, "subscriptions")
         except WebhookError as error:
             raise BCError(error.status, error.code, error.message) from error
+
+    def _check_subscription_company(self, body: Any) -> None:
+        """A subscription must name a company of this environment, or it could never fire."""
+        resource = body.get("resource") if isinstance(body, dict) else None
+        m = re.search(r"companies\(([^)]*)\)", resource) if isinstance(resource, str) else None
+        if m is None:
+            return
+        try:
+            known = parse_guid(m.group(1)) in self.backend.companies
+        except engine.InvalidValue:
+            known = False
+        if not known:
+            raise BCError(400, "BadRequest", f"The company '{m.group(1)}' in the resource does not exist.")
 
     # -- $batch ------------------------------------------------------------------------------
     def batch(self, req: Request, route: Route) -> Result:
