@@ -291,7 +291,7 @@ class BCService:
         raw = parse_prefer(req.headers).get("odata.maxpagesize")
         if raw is None:
             return self.max_page_size, False
-        if not raw.isdigit() or int(raw) < 1:
+        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
             raise exc.bad_request(f"Invalid odata.maxpagesize value '{raw}'.")
         return min(int(raw), self.max_page_size), True
 

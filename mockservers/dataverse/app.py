@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -21,12 +19,7 @@ UNAUTHORIZED_CODE = "0x80072560"
 
 
 def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    body = json.dumps({"error": {"code": code, "message": message}})
-    response = Response(body, status=status, content_type="application/json; odata.metadata=minimal")
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    response.headers["OData-Version"] = "4.0"
-    return response
+    return to_response(DataverseError(status, code, message, headers).result())
 
 
 def new_sandbox_services() -> SandboxServices:

@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from ..odata import errors as engine
-from ..odata.protocol import Result
+from ..odata.protocol import Result, ServiceError
 from ..odata.schema import EntityType
 
 
-class DataverseError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
+class DataverseError(ServiceError):
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
 

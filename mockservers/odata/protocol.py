@@ -13,6 +13,20 @@ from werkzeug.wrappers import Response
 JSON_TYPE = "application/json; odata.metadata=minimal"
 
 
+class ServiceError(Exception):
+    """A request the service refuses; each service renders its own error envelope in ``result()``."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+    def result(self) -> Result:
+        raise NotImplementedError
+
+
 @dataclass
 class Result:
     """A response before it becomes a Flask response (or a `$batch` part)."""

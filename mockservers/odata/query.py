@@ -100,7 +100,8 @@ def parse_orderby(text: str) -> list[tuple[str, bool]]:
 
 
 def parse_nonnegative(name: str, text: str) -> int:
-    if not text.isdigit():
+    # ASCII digits only (str.isdigit admits '²', which int() refuses) and within SQL's BIGINT range.
+    if not (text.isascii() and text.isdigit()) or int(text) > 2**63 - 1:
         raise QuerySyntaxError(f"Invalid value '{text}' for {name}; a non-negative integer is expected.")
     return int(text)
 
