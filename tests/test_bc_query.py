@@ -123,6 +123,31 @@ def test_orderby_with_paging(bc: requests.Session, company: str, sql: Callable) 
     assert [r["id"] for p in pages for r in p.json()["value"]] == expected
 
 
+@pytest.mark.parametrize("orderby, order", [
+    ("city", lambda t: [t.c.city, t.c.id]),
+    ("city desc,displayName", lambda t: [t.c.city.desc(), t.c.displayName, t.c.id]),
+    ("currencyCode desc", lambda t: [t.c.currencyCode.desc(), t.c.id]),
+])
+def test_paging_through_empty_values(bc: requests.Session, company: str, sql: Callable, orderby: str,
+                                     order: Callable) -> None:
+    """Rows without a city (NULL in the store) sort together and are neither skipped nor repeated."""
+    made = [bc.post(f"{company}/customers", json={"displayName": f"No City {n}"}).json()["id"] for n in range(3)]
+    try:
+        expected = [r["id"] for r in sql(order=order)]
+        pages = walk(bc, f"{company}/customers?$orderby={orderby}&$select=id", 4)
+        assert [r["id"] for p in pages for r in p.json()["value"]] == expected
+    finally:
+        for key in made:
+            bc.delete(f"{company}/customers({key})")
+
+
+def test_skip_and_top_with_paging(bc: requests.Session, company: str, sql: Callable) -> None:
+    expected = [r["id"] for r in sql()][3:13]
+    pages = walk(bc, f"{company}/customers?$skip=3&$top=10", 7)
+    assert [r["id"] for p in pages for r in p.json()["value"]] == expected
+    assert [len(p.json()["value"]) for p in pages] == [7, 3]
+
+
 def test_no_prefer_means_one_page(bc: requests.Session, company: str, sql: Callable) -> None:
     resp = bc.get(f"{company}/customers")
     assert ids(resp) == [r["id"] for r in sql()]

@@ -190,9 +190,27 @@ class FilterVisitor(AstToSqlAlchemyOrmVisitor):
         return sa.func.date(self.visit(field))
 
 
+def _check_list_literals(tree: ast._Node) -> None:
+    """A list literal may only be the right side of `in`; elsewhere it would reach SQL as a bound list."""
+    allowed: set[int] = set()
+    stack: list[Any] = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.Compare) and isinstance(node.comparator, ast.In):
+            allowed.add(id(node.right))
+        if isinstance(node, ast.List) and id(node) not in allowed:
+            raise QuerySyntaxError("A list literal is only allowed on the right side of the 'in' operator.")
+        for value in vars(node).values() if hasattr(node, "__dict__") else ():
+            if isinstance(value, ast._Node):
+                stack.append(value)
+            elif isinstance(value, list):
+                stack.extend(v for v in value if isinstance(v, ast._Node))
+
+
 def compile_filter(schema: Schema, entity: EntityType, models: dict[str, type], text: str) -> tuple[Any, list]:
     """Parse and compile `$filter`; returns (where clause, outer joins to add to the select)."""
     tree = parse_filter(text)
+    _check_list_literals(tree)
     visitor = FilterVisitor(schema, entity, models)
     try:
         clause = visitor.visit(tree)
