@@ -161,6 +161,13 @@ ROWS = [
     Row("bad reference currencyCode", "PATCH", "{probe}", 400, "Application_DialogException",
         'The "currencyCode" does not match to a Currency.', json={"currencyCode": "XXX"},
         headers={"If-Match": "*"}, touches_probe=True),
+    Row("salespersonCode not in its table", "PATCH", "{probe}", 400, "Application_DialogException",
+        "The field salespersonCode of table Customer contains a value (NOBODY) that cannot be found in the "
+        "related table (Salesperson/Purchaser).", json={"salespersonCode": "nobody"}, headers={"If-Match": "*"},
+        touches_probe=True),
+    Row("inventory set on item create", "POST", "{company}/items", 400, "Application_DialogException",
+        'The "inventory" cannot be set when the record is created.',
+        json={"displayName": "Stocked", "inventory": 5}),
     Row("string too long", "PATCH", "{probe}", 400, "Application_StringExceededLength",
         "The length of the string is 31, but it must be less than or equal to 30 characters.",
         json={"city": "C" * 31}, headers={"If-Match": "*"}, touches_probe=True),

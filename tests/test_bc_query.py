@@ -248,6 +248,15 @@ def test_enum_filter_on_items(bc: requests.Session, company: str, sql: Callable)
     expected = [r["id"] for r in sql("items", where=lambda t: t.c.type == "Non_x002D_Inventory")]
     assert expected
     assert ids(bc.get(f"{company}/items", params={"$filter": "type eq 'Non_x002D_Inventory'"})) == expected
+    # The plain member name means the same member (as writes accept it too).
+    assert ids(bc.get(f"{company}/items", params={"$filter": "type eq 'Non-Inventory'"})) == expected
+    blank = [r["id"] for r in sql(where=lambda t: t.c.blocked == "_x0020_")]
+    assert blank and ids(bc.get(f"{company}/customers", params={"$filter": "blocked eq ' '"})) == blank
+
+
+def test_in_with_a_single_item(bc: requests.Session, company: str, sql: Callable) -> None:
+    resp = bc.get(f"{company}/customers", params={"$filter": "number in ('10000')", "$schemaversion": "2.1"})
+    assert ids(resp) == [r["id"] for r in sql(where=lambda t: t.c.number == "10000")]
 
 
 @pytest.mark.parametrize("query", [

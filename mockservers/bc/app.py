@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import uuid
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
@@ -14,6 +13,7 @@ from ..odata.protocol import to_response
 from ..sandbox.control import control_blueprint
 from ..sandbox.hooks import SandboxServices, install_sandbox_hooks, note_batch_operations, sandbox_admit
 from ..sandbox.limits import BC_LIMITS, BC_MESSAGES, ServiceProtection
+from .exceptions import BCError
 from .models import BCBackend
 from .responses import BCService, Request
 
@@ -21,14 +21,7 @@ MAX_BODY_BYTES = 350 * 1024 * 1024
 
 
 def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
-    correlation = str(uuid.uuid4())
-    body = json.dumps({"error": {"code": code, "message": f"{message}  CorrelationId:  {correlation}."}})
-    response = Response(body, status=status, content_type="application/json")
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    response.headers["request-id"] = correlation
-    response.headers["OData-Version"] = "4.0"
-    return response
+    return to_response(BCError(status, code, message, headers).result())
 
 
 def new_sandbox_services() -> SandboxServices:

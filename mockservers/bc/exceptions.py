@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
+
 from ..odata import errors as engine
-from ..odata.protocol import Result
+from ..odata.protocol import Result, ServiceError
 from ..odata.schema import EntityType
 
 
-class BCError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers or {}
-
-    def result(self, correlation_id: str) -> Result:
+class BCError(ServiceError):
+    def result(self, correlation_id: str | None = None) -> Result:
+        """The envelope names a correlation id, which is also the response's `request-id` header."""
+        correlation_id = correlation_id or str(uuid.uuid4())
         body = {"error": {"code": self.code, "message": f"{self.message}  CorrelationId:  {correlation_id}."}}
-        return Result.json(self.status, body, list(self.headers.items()), content_type="application/json")
+        headers = [*self.headers.items(), ("request-id", correlation_id)]
+        return Result.json(self.status, body, headers, content_type="application/json")
 
 
 def resource_not_found(segment: str) -> BCError:

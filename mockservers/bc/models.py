@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..odata import errors as engine
-from ..odata.csdl import xml_name
+from ..odata.csdl import enum_spellings
 from ..odata.query import QueryRunner
 from ..odata.schema import Edm, EntityType, Property, Schema
 from ..odata.storage import Row, Store, utcnow
@@ -36,17 +36,6 @@ def load_fixture(name: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no Business Central fixture named {name!r} ({path})")
     return json.loads(path.read_text())
-
-
-def enum_names(prop: Property) -> dict[str, str]:
-    """Accepted input spellings (escaped and plain, any case) -> the escaped name BC serializes."""
-    assert prop.options is not None
-    names: dict[str, str] = {}
-    for option in prop.options.options:
-        escaped = xml_name(option.label)
-        for spelling in (option.label, escaped):
-            names[spelling.lower()] = escaped
-    return names
 
 
 @dataclass
@@ -120,7 +109,7 @@ class BCBackend:
             if not isinstance(value, str):
                 raise BCError(400, "BadRequest", f"Cannot convert the literal '{value}' to the expected type "
                                                  f"'{self.schema.namespace}.{prop.options.name}'.")
-            escaped = enum_names(prop).get(value.lower())
+            escaped = enum_spellings(prop.options).get(value.lower())
             if escaped is None:
                 options = ",".join(o.label for o in prop.options.options)
                 raise BCError(400, "Unknown", f"'{value}' is not an option. The existing options are: {options}")
@@ -172,7 +161,13 @@ class BCBackend:
                 raise BCError(400, "BadRequest_InvalidOperation", f"The property '{name}' is read-only.")
             values[name] = self._convert(entity, prop, value)
         self._required(entity, values, creating=creating)
+        if creating:
+            for name in entity.extra.get("create_forbidden", []):
+                if name in values:
+                    raise BCError(400, "Application_DialogException",
+                                  f'The "{name}" cannot be set when the record is created.')
         self._references(conn, entity, company_id, values)
+        self._code_references(conn, entity, company_id, values)
         if creating:
             self._defaults(conn, entity, company_id, values)
         return values
@@ -219,6 +214,23 @@ class BCBackend:
                     raise BCError(400, "Application_DialogException",
                                   f'The "{code_prop}" does not match to a {target.extra.get("caption", target.name)}.')
                 values[nav.via] = row[target.key]
+
+    def _code_references(self, conn: Connection, entity: EntityType, company_id: str, values: dict[str, Any]) -> None:
+        """Code fields with a table relation (salespersonCode, country, …) must name an existing row."""
+        for name, (target_name, field_name) in entity.extra.get("code_references", {}).items():
+            code = values.get(name)
+            if not code:
+                continue
+            target = self.entity(target_name)
+            table = self.store.table(target)
+            found = conn.execute(sa.select(table.c[target.key]).where(
+                table.c[field_name] == code, table.c[target.scope_property] == company_id).limit(1)).first()
+            if found is None:
+                caption = entity.extra.get("caption", entity.name)
+                related = target.extra.get("caption", target.name)
+                raise BCError(400, "Application_DialogException",
+                              f"The field {name} of table {caption} contains a value ({code}) that cannot be found "
+                              f"in the related table ({related}).")
 
     def _defaults(self, conn: Connection, entity: EntityType, company_id: str, values: dict[str, Any]) -> None:
         for prop in entity.public_properties():

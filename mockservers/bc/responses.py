@@ -16,7 +16,7 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from ..odata import errors as engine
 from ..odata.csdl import render_csdl
-from ..odata.protocol import Result, parse_prefer
+from ..odata.protocol import Result, parse_max_page_size, parse_prefer
 from ..odata.query import QueryOptions, parse_options
 from ..odata.schema import EntityType, Schema
 from ..odata.storage import Row
@@ -288,12 +288,7 @@ class BCService:
         return Result(200, [("Content-Type", "text/plain")], str(page.count).encode())
 
     def _page_size(self, req: Request) -> tuple[int, bool]:
-        raw = parse_prefer(req.headers).get("odata.maxpagesize")
-        if raw is None:
-            return self.max_page_size, False
-        if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
-            raise exc.bad_request(f"Invalid odata.maxpagesize value '{raw}'.")
-        return min(int(raw), self.max_page_size), True
+        return parse_max_page_size(parse_prefer(req.headers), self.max_page_size)
 
     def list(self, req: Request, entity: EntityType, company: Company, context_base: str) -> Result:
         opts = self._options(req, entity)

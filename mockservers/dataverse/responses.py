@@ -20,7 +20,7 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from ..odata import errors as engine
 from ..odata.csdl import render_csdl
-from ..odata.protocol import Result, parse_prefer
+from ..odata.protocol import Result, parse_max_page_size, parse_prefer
 from ..odata.query import QueryOptions, parse_options
 from ..odata.schema import EntityType
 from ..odata.storage import Row
@@ -174,12 +174,10 @@ class DataverseService:
         return opts
 
     def _page_size(self, prefs: dict[str, str]) -> tuple[int, bool]:
-        raw = prefs.get("odata.maxpagesize")
-        if raw is None:
-            return MAX_PAGE_SIZE, False
-        if not raw.isdigit() or int(raw) < 1:
-            raise DataverseError(400, exc.INVALID_ARGUMENT, f"Invalid odata.maxpagesize preference value '{raw}'.")
-        return min(int(raw), MAX_PAGE_SIZE), True
+        try:
+            return parse_max_page_size(prefs, MAX_PAGE_SIZE)
+        except engine.QuerySyntaxError as error:
+            raise DataverseError(400, exc.INVALID_ARGUMENT, error.message) from error
 
     def collection(self, req: Request, entity: EntityType, rest: list[Segment]) -> Result:
         if rest:

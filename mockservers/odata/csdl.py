@@ -39,6 +39,16 @@ def xml_name(label: str) -> str:
     return "".join(out)
 
 
+def enum_spellings(options: OptionSet) -> dict[str, str]:
+    """Accepted spellings of each member (plain or escaped, any case) -> the escaped name on the wire."""
+    spellings: dict[str, str] = {}
+    for option in options.options:
+        escaped = xml_name(option.label)
+        for spelling in (option.label, escaped):
+            spellings[spelling.lower()] = escaped
+    return spellings
+
+
 def qualified(schema: Schema, name: str) -> str:
     """Type reference for a schema member, preferring the alias as the real services do (``mscrm.x``)."""
     return f"{schema.alias or schema.namespace}.{name}"

@@ -15,6 +15,7 @@ text by ``mockservers.odata.functions`` before this module parses.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,8 +25,10 @@ from odata_query import ast
 from odata_query import exceptions as oq_exc
 from odata_query.grammar import ODataLexer, ODataParser
 from odata_query.sqlalchemy.orm import AstToSqlAlchemyOrmVisitor
+from sly.lex import Token
 from sqlalchemy.orm import aliased
 
+from .csdl import enum_spellings
 from .errors import QuerySyntaxError, UnknownProperty
 from .schema import Edm, EntityType, Schema
 
@@ -61,12 +64,40 @@ class _Lexer(ODataLexer):
 _parser = ODataParser()
 
 
+def _single_item_lists(tokens: Iterator[Token]) -> list[Token]:
+    """`x in ('a')` is standard OData; the library's grammar only takes `('a',)`: add the comma."""
+    items = list(tokens)
+    closes: set[int] = set()
+    for i, tok in enumerate(items[:-1]):
+        if tok.type != "IN" or items[i + 1].type != "(":
+            continue
+        depth, has_comma = 0, False
+        for j in range(i + 1, len(items)):
+            kind = items[j].type
+            depth += kind == "("
+            depth -= kind == ")"
+            has_comma = has_comma or (kind == "," and depth == 1)
+            if depth == 0:
+                if not has_comma:
+                    closes.add(j)
+                break
+    out: list[Token] = []
+    for j, tok in enumerate(items):
+        if j in closes:
+            comma = Token()
+            comma.type = comma.value = ","
+            comma.lineno, comma.index = tok.lineno, tok.index
+            out.append(comma)
+        out.append(tok)
+    return out
+
+
 def parse_filter(text: str) -> ast._Node:
     """Parse standard OData `$filter` text into the library's AST."""
     if not text or not text.strip():
         raise QuerySyntaxError("The $filter expression is empty.")
     try:
-        return _parser.parse(_Lexer().tokenize(text))
+        return _parser.parse(iter(_single_item_lists(_Lexer().tokenize(text))))
     except oq_exc.ODataException as exc:
         raise QuerySyntaxError(f"Syntax error in $filter: {exc}") from exc
     except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
@@ -160,6 +191,25 @@ class FilterVisitor(AstToSqlAlchemyOrmVisitor):
         if isinstance(node.operator, ast.Any):
             return owner_prop.any(sub)
         return ~owner_prop.any(~sub) if sub is not None else ~owner_prop.any()
+
+    def visit_Compare(self, node: ast.Compare) -> Any:
+        return super().visit_Compare(self._enum_literals(node))
+
+    def _enum_literals(self, node: ast.Compare) -> ast.Compare:
+        """Enum members compare by name as stored (escaped, `_x0020_`); accept the plain spelling too."""
+        prop = self.entity.property(node.left.name) if isinstance(node.left, ast.Identifier) else None
+        if prop is None or prop.kind != "Enum" or prop.options is None:
+            return node
+        spellings = enum_spellings(prop.options)
+
+        def canonical(literal: ast._Node) -> ast._Node:
+            if isinstance(literal, ast.String):
+                return ast.String(spellings.get(literal.val.lower(), literal.val))
+            return literal
+
+        right = node.right
+        right = ast.List([canonical(v) for v in right.val]) if isinstance(right, ast.List) else canonical(right)
+        return ast.Compare(node.comparator, node.left, right)
 
     # -- literals ---------------------------------------------------------------------------
     def visit_Integer(self, node: ast.Integer) -> Any:

@@ -10,6 +10,8 @@ from typing import Any
 from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Response
 
+from .errors import QuerySyntaxError
+
 JSON_TYPE = "application/json; odata.metadata=minimal"
 
 
@@ -43,6 +45,16 @@ class Result:
     def header(self, name: str) -> str | None:
         lowered = name.lower()
         return next((v for k, v in self.headers if k.lower() == lowered), None)
+
+
+def parse_max_page_size(prefs: dict[str, str], server_max: int) -> tuple[int, bool]:
+    """`Prefer: odata.maxpagesize` clamped to the server's maximum; (size, whether the client asked)."""
+    raw = prefs.get("odata.maxpagesize")
+    if raw is None:
+        return server_max, False
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise QuerySyntaxError(f"Invalid odata.maxpagesize preference value '{raw}'.")
+    return min(int(raw), server_max), True
 
 
 def parse_prefer(headers: Headers) -> dict[str, str]:
