@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import statistics
 import tempfile
 import time
@@ -52,6 +54,9 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=300, help="requests per measurement")
     args = parser.parse_args()
     n = args.requests
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no per-request access log in the figures
+    for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):  # they would override the sandbox CA below
+        os.environ.pop(name, None)
 
     with tempfile.TemporaryDirectory() as tmp:
         sandbox = Sandbox(SandboxConfig(data_dir=Path(tmp), identity_port=0, dataverse_port=0, bc_port=0,
