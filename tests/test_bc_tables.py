@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from mockservers.bc.tables import build_schema, company_scoped, enum_label
-from mockservers.odata.csdl import xml_name
+from mockservers.bc.tables import build_schema, company_scoped
+from mockservers.odata.csdl import enum_spellings, xml_name
 from mockservers.odata.schema import AlternateKey, Edm, EntityType, Schema
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "default"
@@ -27,6 +27,12 @@ DV_SEED = FIXTURES / "dataverse.json"
 CRONUS_ID = "b2a3c4d5-1111-4a2b-9c3d-000000000001"
 MY_COMPANY_ID = "b2a3c4d5-2222-4a2b-9c3d-000000000002"
 COMPANY_NAMES = {CRONUS_ID: "CRONUS USA, Inc.", MY_COMPANY_ID: "My Company"}
+
+
+def enum_label(options, value):
+    """The member name a JSON enum value denotes (escaped or plain, any case), via the app's own spelling table."""
+    escaped = enum_spellings(options).get(value.lower()) if isinstance(value, str) else None
+    return next((o.label for o in options.options if xml_name(o.label) == escaped), None)
 
 
 @pytest.fixture(scope="module")

@@ -368,7 +368,7 @@ def test_computed_text_columns(schema: Schema) -> None:
            "address1_city": "Atlanta", "address1_stateorprovince": "GA", "address1_country": "US"}  # fmt: skip
     assert computed_values(contact, row) == {
         "fullname": "Robert Townes",
-        "address1_composite": "192 Market Square\nAtlanta\nGA\nUS",
+        "address1_composite": "192 Market Square\r\nAtlanta GA\r\nUS",
     }
     assert computed_values(contact, {"lastname": "Ray"})["fullname"] == "Ray"
     assert computed_values(contact, {}) == {"fullname": None, "address1_composite": None}

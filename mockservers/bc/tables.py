@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mockservers.odata.csdl import xml_name
 from mockservers.odata.schema import (
     AlternateKey,
     Edm,
@@ -86,20 +85,6 @@ ADDRESS_FORMAT = enum(
     "City+Post Code",
 )
 RESOURCE_TYPE = enum("resourceType", [(0, "Person"), (1, "Machine")], "Person")
-
-
-def enum_label(options: OptionSet, value: Any) -> str | None:
-    """The member name a JSON enum value denotes, accepting BC's escaped form or the plain name.
-
-    Case-insensitive like BC's OData layer; None when the value is not a member.
-    """
-    if not isinstance(value, str):
-        return None
-    wanted = value.casefold()
-    for option in options.options:
-        if wanted in (option.label.casefold(), xml_name(option.label).casefold()):
-            return option.label
-    return None
 
 
 # -- property factories -------------------------------------------------------------------------

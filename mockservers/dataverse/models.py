@@ -24,7 +24,7 @@ from ..odata.urlpath import KeyPredicate, parse_key, split_path
 from ..odata.values import parse_guid, to_stored
 from . import exceptions as exc
 from .exceptions import DataverseError
-from .tables import build_schema
+from .tables import bind_navigation, build_schema, computed_values, default_status
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 SYSTEM_SETS = ("businessunits", "transactioncurrencies", "systemusers", "teams", "uomschedules", "uoms",
@@ -174,11 +174,7 @@ class DataverseBackend:
         return target, row
 
     def _bind_navigation(self, entity: EntityType, name: str, target: EntityType) -> Navigation:
-        nav = entity.navigation(name)
-        aliases = entity.extra.get("bind_aliases", {}).get(name)
-        if nav is None and aliases:
-            nav_name = aliases.get(target.name)
-            nav = entity.navigation(nav_name) if nav_name else None
+        nav = bind_navigation(entity, name, target.name)
         if nav is None:
             raise _undeclared_bind(name)
         if nav.target != target.name:
@@ -294,15 +290,7 @@ class DataverseBackend:
                 values["_owningteam_value"] = values["_ownerid_value"] if kind == "team" else None
         self._state_and_status(entity, values, creating=creating, existing=existing)
         merged = {**(existing or {}), **values}
-        if entity.property("fullname") and ({"firstname", "lastname", "middlename"} & values.keys() or creating):
-            parts = [merged.get("firstname"), merged.get("middlename"), merged.get("lastname")]
-            values["fullname"] = " ".join(p for p in parts if p) or None
-        if entity.property("address1_composite") and (creating or any(k.startswith("address1_") for k in values)):
-            lines = [merged.get(f"address1_{p}") for p in ("line1", "line2", "line3")]
-            city_line = " ".join(p for p in (merged.get("address1_city"), merged.get("address1_stateorprovince"),
-                                             merged.get("address1_postalcode")) if p)
-            parts = [p for p in [*lines, city_line, merged.get("address1_country")] if p]
-            values["address1_composite"] = "\r\n".join(parts) or None
+        values.update(computed_values(entity, merged))
         self._money(conn, entity, values, merged)
 
     def _state_and_status(self, entity: EntityType, values: dict, *, creating: bool, existing: Row | None) -> None:
@@ -315,8 +303,7 @@ class DataverseBackend:
             values["statecode"] = state
         status = values.get("statuscode")
         if status is None and ("statecode" in values or creating):
-            defaults = [o for o in status_prop.options.options if o.state == state]
-            values["statuscode"] = defaults[0].value if defaults else None
+            values["statuscode"] = default_status(status_prop.options, state)
         elif status is not None:
             option = next((o for o in status_prop.options.options if o.value == status), None)
             if option is not None and option.state is not None:

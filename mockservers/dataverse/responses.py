@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -669,6 +668,3 @@ WHOAMI_CSDL = (
     '<Function Name="WhoAmI"><ReturnType Type="Microsoft.Dynamics.CRM.WhoAmIResponse" Nullable="false"/></Function>'
 )
 
-
-def new_correlation_id() -> str:
-    return str(uuid.uuid4())

@@ -388,14 +388,12 @@ def _address1() -> list[Property]:
 
 
 _ADDRESS1_COMPOSITE = {
-    "separator": "\n",
+    "separator": "\r\n",
     "parts": [
         "address1_line1",
         "address1_line2",
         "address1_line3",
-        "address1_city",
-        "address1_stateorprovince",
-        "address1_postalcode",
+        ["address1_city", "address1_stateorprovince", "address1_postalcode"],  # one line, space-separated
         "address1_country",
     ],
 }
@@ -792,11 +790,16 @@ def computed_values(entity: EntityType, row: Mapping[str, Any]) -> dict[str, str
 
     Non-empty parts are joined with the declared separator; all-empty gives None.
     """
+    def text(part: str | list[str]) -> str:
+        if isinstance(part, list):  # a group of columns on one line
+            return " ".join(t for t in (text(p) for p in part) if t)
+        value = row.get(part)
+        return "" if value is None else str(value).strip()
+
     result: dict[str, str | None] = {}
     for column, spec in entity.extra.get("computed", {}).items():
-        parts = [str(row[p]).strip() for p in spec["parts"] if row.get(p) not in (None, "")]
-        text = spec["separator"].join(p for p in parts if p)
-        result[column] = text or None
+        joined = spec["separator"].join(t for t in (text(p) for p in spec["parts"]) if t)
+        result[column] = joined or None
     return result
 
 
