@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
@@ -79,10 +76,10 @@ def create_app(
             base_url=request.host_url.rstrip("/"),
             principal=claims,
         )
-        if path.endswith("$batch"):
-            with contextlib.suppress(ValueError, AttributeError, TypeError):  # bad bodies: the service answers 400
-                note_batch_operations(len(json.loads(req.body).get("requests", [])))
-        return to_response(service.handle(req))
+        result = service.handle(req)
+        if result.batch_operations is not None:
+            note_batch_operations(result.batch_operations)
+        return to_response(result)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

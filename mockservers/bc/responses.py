@@ -510,7 +510,9 @@ class BCService:
                 pass
         else:
             run_all()
-        return self._json(200, {"responses": responses})
+        result = self._json(200, {"responses": responses})
+        result.batch_operations = len(requests_)
+        return result
 
     def _batch_item(self, req: Request, route: Route, item: Any, company_arg: str | None) -> dict[str, Any]:
         if not isinstance(item, dict) or not isinstance(item.get("method"), str) or not isinstance(

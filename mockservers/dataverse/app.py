@@ -97,9 +97,10 @@ def create_app(
             caller=caller,
             raw_query=request.query_string.decode("latin-1"),
         )
-        if path == "$batch":
-            note_batch_operations(request.get_data().count(b"HTTP/1.1"))
-        return to_response(service.handle(req))
+        result = service.handle(req)
+        if result.batch_operations is not None:
+            note_batch_operations(result.batch_operations)
+        return to_response(result)
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Response:

@@ -90,9 +90,10 @@ class DataverseService:
             raise DataverseError(400, exc.NOT_SUPPORTED, "The query parameter $skip is not supported")
         for name in req.args:
             if name.startswith("$") and name not in (
-                "$select", "$filter", "$orderby", "$top", "$expand", "$count", "$skiptoken", "$deltatoken", "$apply",
+                "$select", "$filter", "$orderby", "$top", "$expand", "$count", "$skiptoken", "$deltatoken",
             ):
-                raise DataverseError(400, exc.NOT_SUPPORTED, f"The query parameter {name} is not supported")
+                detail = " by the sandbox" if name == "$apply" else ""  # real Dataverse aggregates; we do not yet
+                raise DataverseError(400, exc.NOT_SUPPORTED, f"The query parameter {name} is not supported{detail}")
         path = req.path.strip("/")
         if path == "":
             return self.service_document(req)
@@ -104,7 +105,7 @@ class DataverseService:
             return self.batch(req)
         segments = split_path(path)
         head = segments[0]
-        if head.name in ("WhoAmI", "WhoAmI()") or (head.name == "WhoAmI" and head.key == ""):
+        if head.name == "WhoAmI" and head.key in (None, ""):
             if req.method != "GET" or len(segments) > 1:
                 raise self._no_resource(req)
             return self.who_am_i(req)
@@ -658,7 +659,8 @@ class DataverseService:
         except batch_protocol.BatchFormatError as error:
             raise DataverseError(error.status, error.code, error.message) from error
         status, content_type, body = batch_protocol.render_batch_response(outcome)
-        return Result(status, [("Content-Type", content_type)], body)
+        return Result(status, [("Content-Type", content_type)], body,
+                      batch_operations=batch_protocol.count_operations(parts))
 
 
 WHOAMI_CSDL = (

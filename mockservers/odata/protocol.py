@@ -36,6 +36,7 @@ class Result:
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+    batch_operations: int | None = None  # for the request journal: operations a $batch carried
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None,
