@@ -326,3 +326,12 @@ def test_expand_on_a_list(bc: requests.Session, company: str, sql: Callable) -> 
             assert record["paymentTerm"] == {"@odata.etag": record["paymentTerm"]["@odata.etag"],
                                              "code": codes[row["paymentTermsId"]]}
     assert seen_currency > 0
+
+
+def test_lambda_operators_are_ignored(bc: requests.Session, company: str, sql: Callable) -> None:
+    """BC drops `any`/`all` conditions instead of refusing them; the rest of the filter still applies."""
+    resp = bc.get(f"{company}/customers", params={
+        "$filter": "city eq 'Atlanta' and defaultDimensions/any(d: d/code eq 'AREA')"})
+    assert ids(resp) == [r["id"] for r in sql(where=lambda t: t.c.city == "Atlanta")]
+    everything = bc.get(f"{company}/customers", params={"$filter": "defaultDimensions/all(d: d/code eq 'X')"})
+    assert ids(everything) == [r["id"] for r in sql()]

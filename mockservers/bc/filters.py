@@ -2,12 +2,15 @@
 
 - `or` may only combine conditions on the same field ("The 'OR' operator is not supported on
   distinct fields on an OData filter.");
-- `in (…)` and nested functions need `$schemaversion=2.1`.
+- `in (…)` and nested functions need `$schemaversion=2.1`;
+- lambda operators (`any`/`all`) are ignored: BC drops those conditions instead of refusing them.
 """
 
 from __future__ import annotations
 
 from odata_query import ast
+from odata_query.roundtrip import AstToODataVisitor
+from odata_query.visitor import NodeTransformer
 
 from ..odata.filter import parse_filter
 from .exceptions import BCError
@@ -44,7 +47,13 @@ def _walk(node: ast._Node):
                 stack.extend(v for v in value if isinstance(v, ast._Node))
 
 
-def check_filter(text: str, schema_version: str) -> None:
+class _DropLambdas(NodeTransformer):
+    def visit_CollectionLambda(self, node: ast.CollectionLambda) -> ast._Node:
+        return ast.Boolean("true")
+
+
+def check_filter(text: str, schema_version: str) -> str:
+    """Refuse what BC refuses; return the filter BC actually applies (lambda conditions dropped)."""
     tree = parse_filter(text)
     extended = schema_version == "2.1"
     for node in _walk(tree):
@@ -56,3 +65,6 @@ def check_filter(text: str, schema_version: str) -> None:
             nested = [a for a in node.args if isinstance(a, ast.Call)]
             if nested:
                 raise BCError(400, "BadRequest", "Nested functions in $filter are supported only with $schemaversion=2.1.")
+    if any(isinstance(node, ast.CollectionLambda) for node in _walk(tree)):
+        return AstToODataVisitor().visit(_DropLambdas().visit(tree))
+    return text

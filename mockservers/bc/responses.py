@@ -226,7 +226,7 @@ class BCService:
     def _options(self, req: Request, entity: EntityType) -> QueryOptions:
         args = {k: v for k, v in req.args.items() if k.startswith("$")}
         if "$filter" in args:
-            check_filter(args["$filter"], req.args.get("$schemaversion", "2.0"))
+            args["$filter"] = check_filter(args["$filter"], req.args.get("$schemaversion", "2.0"))
         return parse_options({k: v for k, v in args.items() if k in (
             "$select", "$filter", "$orderby", "$top", "$skip", "$count", "$expand")})
 
