@@ -7,8 +7,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..identity import BUSINESS_CENTRAL_RESOURCE, InvalidToken, TokenValidator
 from ..odata.protocol import to_response
-from ..sandbox.control import control_blueprint
-from ..sandbox.hooks import SandboxServices, install_sandbox_hooks, note_batch_operations, sandbox_admit
+from ..sandbox.hooks import SandboxServices, install_sandbox, note_batch_operations, sandbox_admit
 from ..sandbox.limits import BC_LIMITS, BC_MESSAGES, ServiceProtection
 from .exceptions import BCError
 from .models import BCBackend
@@ -41,16 +40,7 @@ def create_app(
     service = BCService(backend, tenant_aliases=tenant_aliases, webhooks=webhooks, **kwargs)
     sandbox = sandbox or new_sandbox_services()
     app.extensions["bc"] = {"backend": backend, "service": service, "sandbox": sandbox}
-    install_sandbox_hooks(app, sandbox, service="bc", principal=lambda: g.get("principal"),
-                          render_error=_error_response)
-
-    def seed(name: str) -> dict:
-        try:
-            return {"seeded": backend.seed(name)}
-        except FileNotFoundError as error:
-            raise LookupError(str(error)) from error
-
-    app.register_blueprint(control_blueprint(sandbox, reset=backend.reset, seed=seed))
+    install_sandbox(app, sandbox, backend, service="bc", render_error=_error_response)
 
     audiences = {BUSINESS_CENTRAL_RESOURCE}
 

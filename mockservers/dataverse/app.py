@@ -7,8 +7,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..identity import InvalidToken, TokenValidator, bearer_challenge
 from ..odata.protocol import to_response
-from ..sandbox.control import control_blueprint
-from ..sandbox.hooks import SandboxServices, install_sandbox_hooks, note_batch_operations, sandbox_admit
+from ..sandbox.hooks import SandboxServices, install_sandbox, note_batch_operations, sandbox_admit
 from ..sandbox.limits import DATAVERSE_LIMITS, DATAVERSE_MESSAGES, ServiceProtection, dataverse_budget_headers
 from .exceptions import DataverseError
 from .models import DataverseBackend
@@ -45,21 +44,8 @@ def create_app(
     allowed_audiences = set(audiences or ()) | {public_url}
     app.extensions["dataverse"] = {"backend": backend, "service": service, "sandbox": sandbox}
 
-    install_sandbox_hooks(
-        app, sandbox, service="dataverse", principal=lambda: g.get("principal"),
-        render_error=_error_response, budget_headers=dataverse_budget_headers,
-    )
-
-    def reset() -> None:
-        backend.reset()
-
-    def seed(name: str) -> dict:
-        try:
-            return {"seeded": backend.seed(name)}
-        except FileNotFoundError as error:
-            raise LookupError(str(error)) from error
-
-    app.register_blueprint(control_blueprint(sandbox, reset=reset, seed=seed))
+    install_sandbox(app, sandbox, backend, service="dataverse", render_error=_error_response,
+                    budget_headers=dataverse_budget_headers)
 
     def challenge(message: str) -> Response:
         return _error_response(401, "", message, {

@@ -22,7 +22,7 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn, Protocol
 from urllib.parse import unquote
 
 from flask import Flask, Response, abort, current_app, g, request
@@ -279,3 +279,35 @@ def _client_request_id() -> str | None:
             return value
     return None
 
+
+class SeededBackend(Protocol):
+    def reset(self) -> None: ...
+    def seed(self, fixture: str) -> dict[str, int]: ...
+
+
+def install_sandbox(
+    app: Flask,
+    sandbox: SandboxServices,
+    backend: SeededBackend,
+    *,
+    service: str,
+    render_error: RenderError,
+    budget_headers: BudgetHeaders | None = None,
+) -> SandboxHooks:
+    """Everything a service app needs from the sandbox: the request hooks and the control API.
+
+    The caller's principal is read from ``flask.g.principal`` (set by the app once it authenticated).
+    """
+    from .control import control_blueprint  # control imports this module
+
+    hooks = install_sandbox_hooks(app, sandbox, service=service, principal=lambda: g.get("principal"),
+                                  render_error=render_error, budget_headers=budget_headers)
+
+    def seed(name: str) -> dict[str, Any]:
+        try:
+            return {"seeded": backend.seed(name)}
+        except FileNotFoundError as error:
+            raise LookupError(str(error)) from error
+
+    app.register_blueprint(control_blueprint(sandbox, reset=backend.reset, seed=seed))
+    return hooks
