@@ -81,8 +81,7 @@ def reporting_app() -> dict[str, str]:
 
 def limiter_of(sandbox: RunningSandbox) -> ServiceProtection:
     """The running Dataverse app's limiter, reached in-process to pre-fill a window cheaply."""
-    slot = sandbox.sandbox.servers["dataverse"].app
-    return slot.app.extensions["dataverse"]["sandbox"].limits
+    return sandbox.sandbox.apps["dataverse"].extensions["dataverse"]["sandbox"].limits
 
 
 def test_request_beyond_the_limit_gets_429(dv: requests.Session, sandbox: RunningSandbox) -> None:
@@ -253,3 +252,17 @@ def test_injected_503_fault_uses_the_dataverse_envelope(dv: requests.Session, sa
         assert set(error) == {"code", "message"} and isinstance(error["code"], str) and error["message"]
     assert healthy.status_code == 200
     assert healthy.json()["value"] == [], "a request answered by a fault must not reach the data"
+
+
+@pytest.mark.parametrize("service", ["dataverse", "bc"])
+def test_injected_drop_closes_the_connection(sandbox: RunningSandbox, service: str) -> None:
+    """A dropped connection reaches the client as a connection error (over TLS, on a kept-alive session)."""
+    session = sandbox.session() if service == "dataverse" else sandbox.bc_session()
+    url = f"{sandbox.api}/WhoAmI" if service == "dataverse" else f"{sandbox.bc_api}/companies"
+    assert session.get(url).status_code == 200  # the session now holds an open connection
+    assert sandbox.control("PUT", "faults", service=service, json={"drop_rate": 1.0, "count": 1}).status_code == 200
+    with pytest.raises(requests.ConnectionError):
+        session.get(url)
+    assert session.get(url).status_code == 200  # count=1: the next request is served again
+    dropped = sandbox.control("GET", "journal", service=service, params={"status": "dropped"}).json()["value"]
+    assert dropped and dropped[-1]["status"] == 0

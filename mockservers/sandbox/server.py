@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, make_server
-
 from ..bc.app import create_app as create_bc_app
 from ..bc.app import new_sandbox_services as bc_sandbox
 from ..bc.models import BCBackend
@@ -24,7 +22,8 @@ from ..dataverse.app import new_sandbox_services as dataverse_sandbox
 from ..dataverse.models import DataverseBackend
 from ..identity import BUSINESS_CENTRAL_RESOURCE, TokenIssuer, load_default_directory, load_signing_key
 from ..identity import create_app as create_identity_app
-from .tls import TlsFiles, ensure_certificates, ssl_context
+from .tls import TlsFiles, ensure_certificates
+from .wsgi import ServiceServer
 
 ADMIN_TOKEN_FILE = "admin-token"
 
@@ -59,25 +58,32 @@ class SandboxConfig:
 @dataclass
 class Sandbox:
     config: SandboxConfig
-    servers: dict[str, BaseWSGIServer] = field(default_factory=dict)
+    servers: dict[str, ServiceServer] = field(default_factory=dict)
+    apps: dict[str, Any] = field(default_factory=dict)  # the Flask app of each service, for in-process access
     urls: dict[str, str] = field(default_factory=dict)
     threads: list[threading.Thread] = field(default_factory=list)
     tls_files: TlsFiles | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> dict[str, Any]:
+        """Bind, build and serve every service; on any failure release what was already bound."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> dict[str, Any]:
         cfg = self.config
         cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        ctx = None
         if cfg.tls:
             self.tls_files = ensure_certificates(cfg.data_dir)
-            ctx = ssl_context(self.tls_files)
         scheme = "https" if cfg.tls else "http"
         public_host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
         slots: dict[str, _AppSlot] = {}
         for name, port in (("identity", cfg.identity_port), ("dataverse", cfg.dataverse_port), ("bc", cfg.bc_port)):
             slot = _AppSlot()
-            server = make_server(cfg.host, port, slot, threaded=True, ssl_context=ctx)
+            server = ServiceServer(cfg.host, port, slot, tls=self.tls_files)
             self.servers[name] = server
             slots[name] = slot
             self.urls[name] = f"{scheme}://{public_host}:{server.port}"
@@ -146,6 +152,7 @@ class Sandbox:
             "ca_bundle": str(self.tls_files.ca_bundle.resolve()) if self.tls_files else None,
         }
         (cfg.data_dir / "sandbox.json").write_text(json.dumps(self.info, indent=2) + "\n")
+        self.apps = {name: slot.app for name, slot in slots.items()}
         for name, server in self.servers.items():
             thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
             thread.start()
@@ -162,9 +169,11 @@ class Sandbox:
         return token
 
     def stop(self) -> None:
-        for server in self.servers.values():
-            server.shutdown()
-            server.server_close()
+        stoppers = [threading.Thread(target=server.shutdown) for server in self.servers.values()]
+        for stopper in stoppers:  # in parallel: each waits for its worker threads to finish
+            stopper.start()
+        for stopper in stoppers:
+            stopper.join(timeout=10)
         for thread in self.threads:
             thread.join(timeout=5)
         if getattr(self, "webhooks", None) is not None:
