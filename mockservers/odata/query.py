@@ -220,7 +220,8 @@ class QueryRunner:
             if prop is None or prop.hidden:
                 raise UnknownProperty(name, self.type_name(entity))
             col = table.c[name]
-            stmt = stmt.order_by(col.desc() if desc else col.asc())
+            # explicit NULL placement (SQLite's default) keeps keyset paging right on any database
+            stmt = stmt.order_by(col.desc().nulls_last() if desc else col.asc().nulls_first())
         return stmt.order_by(table.c[entity.key].asc())  # stable pages
 
     def after_condition(self, entity: EntityType, orderby: list[tuple[str, bool]], last: Row) -> Any:
