@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from odata_query import ast
-from odata_query.exceptions import ODataException
-from odata_query.grammar import ODataLexer, ODataParser
 from odata_query.visitor import NodeVisitor
 
+from mockservers.odata.errors import QuerySyntaxError
+from mockservers.odata.filter import parse_filter as parse_odata_filter
+from mockservers.odata.query import split_top_level as split_options
 from mockservers.odata.schema import AlternateKey, Edm, EntityType, Navigation, OptionSet, Property, Schema
 
 CRM = "Microsoft.Dynamics.CRM"
@@ -640,30 +641,11 @@ _UNSUPPORTED_OPTIONS = ("$top", "$skip", "$orderby", "$count", "$search", "$appl
 
 
 def parse_filter(text: str) -> ast._Node:
-    """Parse ``$filter`` with odata-query; a qualified enum literal (``ns.Type'Member'``) becomes its member."""
-    lexer, parser = ODataLexer(), ODataParser()
+    """Parse ``$filter`` with the engine's odata-query wrapper (enum literals ``ns.Type'Member'`` included)."""
     try:
-        tokens = list(lexer.tokenize(text))
-        return parser.parse(iter(_unqualify_enum_literals(tokens)))
-    except ODataException as exc:
-        raise MetadataError(400, "0x80060888", f"Syntax error in $filter '{text}': {exc}") from exc
-
-
-def _unqualify_enum_literals(tokens: list[Any]) -> list[Any]:
-    """Drop the enum type name of ``Microsoft.Dynamics.CRM.OwnershipTypes'UserOwned'`` (the lexer splits it)."""
-    kept = []
-    for index, token in enumerate(tokens):
-        following = tokens[index + 1] if index + 1 < len(tokens) else None
-        is_type_prefix = (
-            token.type == "ODATA_IDENTIFIER"
-            and token.value.namespace
-            and following is not None
-            and following.type == "STRING"
-            and following.index == token.index + len(token.value.full_name())
-        )
-        if not is_type_prefix:
-            kept.append(token)
-    return kept
+        return parse_odata_filter(text)
+    except QuerySyntaxError as exc:
+        raise MetadataError(400, "0x80060888", exc.message) from exc
 
 
 class _FilterEvaluator(NodeVisitor):
@@ -758,26 +740,11 @@ def _filter_roots(node: ast._Node) -> set[str]:
 
 
 def split_top_level(text: str, separator: str) -> list[str]:
-    """Split on ``separator`` outside parentheses and quotes (``$expand`` lists nest options in parens)."""
-    parts, depth, quoted, current = [], 0, False, []
-    for char in text:
-        if char == "'":
-            quoted = not quoted
-        elif not quoted and char == "(":
-            depth += 1
-        elif not quoted and char == ")":
-            depth -= 1
-        if char == separator and depth == 0 and not quoted:
-            parts.append("".join(current).strip())
-            current = []
-        else:
-            current.append(char)
-    if depth != 0 or quoted:
-        raise MetadataError(400, "0x80060888", f"Unbalanced parentheses or quotes in '{text}'.")
-    tail = "".join(current).strip()
-    if tail or parts:
-        parts.append(tail)
-    return [p for p in parts if p]
+    """Non-empty items of a list that nests options in parentheses (the engine's splitter)."""
+    try:
+        return [p.strip() for p in split_options(text, separator) if p.strip()] if text else []
+    except QuerySyntaxError as error:
+        raise MetadataError(400, "0x80060888", error.message) from error
 
 
 @dataclass

@@ -239,7 +239,7 @@ class FunctionRewriter:
             "Today": (today, today + day),
             "Yesterday": (today - day, today),
             "Tomorrow": (today + day, today + 2 * day),
-            "Last7Days": (today - 7 * day, now),
+            "Last7Days": (today - 7 * day, None),
             "Next7Days": (now, today + 8 * day),
             "ThisMonth": (today.replace(day=1), _add_months(today.replace(day=1), 1)),
             "LastMonth": (_add_months(today.replace(day=1), -1), today.replace(day=1)),
@@ -281,8 +281,8 @@ class FunctionRewriter:
                          "Weeks": 7 * n * day}[unit]
                 base = now if unit in ("Minutes", "Hours") else today
                 back, forward = base - delta, base + delta + (day if unit in ("Days", "Weeks") else timedelta())
-            if kind == "Last":
-                return self._range(name, back, now)
+            if kind == "Last":  # up to and including now
+                return self._range(name, back, None)
             if kind == "Next":
                 return self._range(name, now, forward)
             return self._range(name, None, back)
@@ -290,7 +290,8 @@ class FunctionRewriter:
 
 
 def _dt(value: datetime) -> str:
-    return value.strftime("%Y-%m-%dT%H:%M:%SZ")
+    # millisecond precision: the store keeps milliseconds, so a bound at "now" must not round down
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
 def _add_months(value: datetime, months: int) -> datetime:

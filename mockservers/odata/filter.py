@@ -15,7 +15,6 @@ text by ``mockservers.odata.functions`` before this module parses.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,9 +63,26 @@ class _Lexer(ODataLexer):
 _parser = ODataParser()
 
 
-def _single_item_lists(tokens: Iterator[Token]) -> list[Token]:
+def _unqualify_enum_literals(tokens: list[Token]) -> list[Token]:
+    """`Namespace.EnumType'Member'` is an OData enum literal; the library lexes it as an identifier
+    followed by a string, so drop the type name and compare the member name."""
+    kept = []
+    for index, token in enumerate(tokens):
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        is_type_prefix = (
+            token.type == "ODATA_IDENTIFIER"
+            and token.value.namespace
+            and following is not None
+            and following.type == "STRING"
+            and following.index == token.index + len(token.value.full_name())
+        )
+        if not is_type_prefix:
+            kept.append(token)
+    return kept
+
+
+def _single_item_lists(items: list[Token]) -> list[Token]:
     """`x in ('a')` is standard OData; the library's grammar only takes `('a',)`: add the comma."""
-    items = list(tokens)
     closes: set[int] = set()
     for i, tok in enumerate(items[:-1]):
         if tok.type != "IN" or items[i + 1].type != "(":
@@ -97,7 +113,8 @@ def parse_filter(text: str) -> ast._Node:
     if not text or not text.strip():
         raise QuerySyntaxError("The $filter expression is empty.")
     try:
-        return _parser.parse(iter(_single_item_lists(_Lexer().tokenize(text))))
+        tokens = _unqualify_enum_literals(list(_Lexer().tokenize(text)))
+        return _parser.parse(iter(_single_item_lists(tokens)))
     except oq_exc.ODataException as exc:
         raise QuerySyntaxError(f"Syntax error in $filter: {exc}") from exc
     except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
