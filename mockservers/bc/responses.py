@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
@@ -28,6 +28,7 @@ from .exceptions import BCError
 from .filters import check_filter
 from .models import BCBackend, Company
 from .serializer import BCSerializer, parse_bc_etag
+from .webhooks import WebhookError
 
 STANDARD_API = ("v2.0",)
 SUCCESS_TYPE = "application/json; odata.metadata=minimal; odata.streaming=true"
@@ -434,8 +435,6 @@ class BCService:
     def subscriptions(self, req: Request, route: Route, root_url: str, rest: list[Segment]) -> Result:
         if self.webhooks is None:
             raise exc.resource_not_found("subscriptions")
-        from .webhooks import WebhookError
-
         hooks = self.webhooks
         head = rest[0]
         if len(rest) > 1:
@@ -566,7 +565,5 @@ def _without_foreign_navs(entity: EntityType, keep: list[EntityType]) -> EntityT
     names = {e.name for e in keep}
     if all(n.target in names for n in entity.navigations):
         return entity
-    from dataclasses import replace
-
     return replace(entity, navigations=[n for n in entity.navigations if n.target in names])
 

@@ -25,6 +25,7 @@ from ..odata.schema import EntityType
 from ..odata.storage import Row
 from ..odata.transactions import Transactions
 from ..odata.urlpath import Segment, parse_key, split_path
+from ..odata.values import to_json
 from . import batch as batch_protocol
 from . import exceptions as exc
 from .exceptions import DataverseError
@@ -494,7 +495,6 @@ class DataverseService:
                 row = self._find(conn, entity, head)
                 if row is None:
                     raise exc.not_found(entity.name, head.key)
-            from ..odata.values import to_json
             value = to_json(prop, row.get(name))
             if raw:
                 if value is None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from dateutil.parser import isoparse
-from odata_query import ast
+from odata_query import ast, utils
 from odata_query import exceptions as oq_exc
 from odata_query.grammar import ODataLexer, ODataParser
 from odata_query.sqlalchemy.orm import AstToSqlAlchemyOrmVisitor
@@ -198,8 +198,6 @@ class FilterVisitor(AstToSqlAlchemyOrmVisitor):
         assert target_entity is not None
         sub = None
         if node.lambda_:
-            from odata_query import utils
-
             sub_ast = utils.expression_relative_to_identifier(node.lambda_.identifier, node.lambda_.expression)
             sub_visitor = FilterVisitor(self.schema, target_entity, self.models)
             sub = sub_visitor.visit(sub_ast)
