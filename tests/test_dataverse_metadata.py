@@ -9,13 +9,13 @@ import pytest
 
 from mockservers.dataverse.metadata import (
     MetadataError,
-    MetadataQuery,
     attribute_definitions,
     entity_definition,
     key_definitions,
     many_to_one_relationships,
     one_to_many_relationships,
 )
+from mockservers.dataverse.metadata_query import MetadataQuery
 from mockservers.odata.schema import (
     AlternateKey,
     Edm,

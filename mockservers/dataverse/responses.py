@@ -29,7 +29,8 @@ from ..odata.values import to_json
 from . import batch as batch_protocol
 from . import exceptions as exc
 from .exceptions import DataverseError
-from .metadata import MetadataError, MetadataQuery
+from .metadata import MetadataError
+from .metadata_query import MetadataQuery
 from .models import Caller, DataverseBackend
 from .paging import PagingCookie, paging_cookie, read_paging_cookie
 from .query_functions import FunctionRewriter, substitute_aliases
