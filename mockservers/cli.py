@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import time
@@ -13,6 +14,7 @@ from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
 from .sandbox.server import Sandbox, SandboxConfig
+from .sandbox.wsgi import access_logger
 
 console = Console(stderr=True, soft_wrap=True)
 # Out-of-range numbers would otherwise wrap around silently (70000 binds 4464).
@@ -39,16 +41,25 @@ def main() -> None:
 @click.option("--bc-db-url", default=None, help="SQLAlchemy URL for the BC store (default: SQLite in --data-dir).")
 @click.option("--bc-max-page-size", type=click.IntRange(1, 20_000), default=20_000, show_default=True,
               help="Server page size of the BC API (BC online: 20,000).")
+@click.option("--access-log/--no-access-log", default=True, show_default=True,
+              help="Print one line per request (service, method, path, status, duration).")
 @click.option("--webhook-delay", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds BC waits after a change before sending webhook notifications.")
 def serve(data_dir: Path, seed: bool, fixture: str, tls: bool, host: str, identity_port: int,
           dataverse_port: int, bc_port: int, db_url: str | None, bc_db_url: str | None, bc_max_page_size: int,
-          webhook_delay: float) -> None:
+          webhook_delay: float, access_log: bool) -> None:
     """Run the sandbox in the foreground until Ctrl+C."""
     config = SandboxConfig(data_dir=data_dir, host=host, identity_port=identity_port,
                            dataverse_port=dataverse_port, bc_port=bc_port, tls=tls, seed=seed,
                            fixture=fixture, db_url=db_url, bc_db_url=bc_db_url,
-                           bc_max_page_size=bc_max_page_size, webhook_delay_seconds=webhook_delay)
+                           bc_max_page_size=bc_max_page_size, webhook_delay_seconds=webhook_delay,
+                           access_log=access_log)
+    if access_log:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+        access_logger.addHandler(handler)
+        access_logger.setLevel(logging.INFO)
+        access_logger.propagate = False
     sandbox = Sandbox(config)
     try:
         info = sandbox.start()

@@ -23,7 +23,7 @@ from ..dataverse.models import DataverseBackend
 from ..identity import BUSINESS_CENTRAL_RESOURCE, TokenIssuer, load_default_directory, load_signing_key
 from ..identity import create_app as create_identity_app
 from .tls import TlsFiles, ensure_certificates
-from .wsgi import ServiceServer
+from .wsgi import AccessLog, ServiceServer
 
 ADMIN_TOKEN_FILE = "admin-token"
 
@@ -52,6 +52,7 @@ class SandboxConfig:
     bc_db_url: str | None = None  # SQLAlchemy URL for BC; default: SQLite file in data_dir
     webhook_delay_seconds: float = 30.0
     bc_max_page_size: int = 20_000  # BC online serves at most 20,000 entities a page
+    access_log: bool = False  # one log line per request on the "mockservers.access" logger
     auth: bool = True
 
 
@@ -83,7 +84,8 @@ class Sandbox:
         slots: dict[str, _AppSlot] = {}
         for name, port in (("identity", cfg.identity_port), ("dataverse", cfg.dataverse_port), ("bc", cfg.bc_port)):
             slot = _AppSlot()
-            server = ServiceServer(cfg.host, port, slot, tls=self.tls_files)
+            app = AccessLog(slot, name) if cfg.access_log else slot
+            server = ServiceServer(cfg.host, port, app, tls=self.tls_files)
             self.servers[name] = server
             slots[name] = slot
             self.urls[name] = f"{scheme}://{public_host}:{server.port}"

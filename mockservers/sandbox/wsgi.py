@@ -9,6 +9,8 @@ public URL is known before the app is built.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from cheroot import wsgi
@@ -26,6 +28,34 @@ class _Gateway(wsgi.Gateway_10):
         environ = super().get_environ()
         environ["werkzeug.socket"] = self.req.conn.socket
         return environ
+
+
+access_logger = logging.getLogger("mockservers.access")
+
+
+class AccessLog:
+    """WSGI middleware: one line per request (service, method, path and query, status, duration)."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], service: str) -> None:
+        self.app = app
+        self.service = service
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        started = time.perf_counter()
+        status: list[str] = []
+
+        def recording_start_response(code: str, headers: list, *args: Any) -> Any:
+            status.append(code.split(" ", 1)[0])
+            return start_response(code, headers, *args)
+
+        try:
+            return self.app(environ, recording_start_response)
+        finally:
+            target = environ.get("PATH_INFO", "")
+            if environ.get("QUERY_STRING"):
+                target += "?" + environ["QUERY_STRING"]
+            access_logger.info("%-9s %-6s %s %s %.1f ms", self.service, environ.get("REQUEST_METHOD", ""), target,
+                               status[0] if status else "---", (time.perf_counter() - started) * 1000)
 
 
 class ServiceServer:
