@@ -243,15 +243,19 @@ class BCBackend:
             values["number"] = self._next_number(conn, entity, company_id, series)
 
     def _next_number(self, conn: Connection, entity: EntityType, company_id: str, prefix: str) -> str:
+        """The series' next number: 10 after the highest `<prefix><digits>` in use (longest, then largest,
+        read from the number index instead of scanning every row)."""
         table = self.store.table(entity)
         pattern = re.compile(rf"^{re.escape(prefix)}(\d+)$")
-        best, width = 0, 5
-        stmt = sa.select(table.c.number).where(table.c.companyId == company_id)
+        stmt = (sa.select(table.c.number)
+                .where(table.c.companyId == company_id, table.c.number.startswith(prefix, autoescape=True))
+                .order_by(sa.func.length(table.c.number).desc(), table.c.number.desc()))
         for (number,) in conn.execute(stmt):
             m = pattern.match(number or "")
-            if m and int(m.group(1)) >= best:
-                best, width = int(m.group(1)), len(m.group(1))
-        return f"{prefix}{best + 10:0{width}d}"
+            if m:
+                digits = m.group(1)
+                return f"{prefix}{int(digits) + 10:0{len(digits)}d}"
+        return f"{prefix}{10:05d}"
 
     def create(self, conn: Connection, entity: EntityType, company_id: str, body: Any) -> Row:
         values = self.prepare(conn, entity, company_id, body, creating=True)
