@@ -81,7 +81,6 @@ def create_app(
             headers=request.headers,
             body=request.get_data(cache=True),
             caller=caller,
-            raw_query=request.query_string.decode("latin-1"),
         )
         result = service.handle(req)
         if result.batch_operations is not None:

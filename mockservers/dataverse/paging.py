@@ -17,7 +17,7 @@ from xml.etree import ElementTree
 
 from dateutil.parser import isoparse
 
-from ..odata.query import QueryOptions
+from ..odata.query import QueryOptions, sort_columns
 from ..odata.schema import Edm, EntityType
 from ..odata.storage import Row
 
@@ -27,10 +27,6 @@ class PagingCookie:
     page: int
     last: dict[str, Any] | None  # sort values of the previous page's last row
     tracking: int | None  # change-tracking version the paged read started at
-
-
-def _sort_columns(entity: EntityType, opts: QueryOptions) -> list[str]:
-    return [name for name, _ in opts.orderby] + [entity.key]
 
 
 def _text(entity: EntityType, name: str, value: Any) -> str | None:
@@ -72,7 +68,7 @@ def _value(entity: EntityType, name: str, text: str) -> Any:
 def paging_cookie(entity: EntityType, opts: QueryOptions, rows: list[Row], page_number: int,
                   tracking: int | None) -> str:
     inner = ElementTree.Element("cookie", page=str(page_number - 1))
-    for name in _sort_columns(entity, opts):
+    for name in sort_columns(entity, opts.orderby):
         element = ElementTree.SubElement(inner, name)
         last, first = _text(entity, name, rows[-1].get(name)), _text(entity, name, rows[0].get(name))
         if last is not None:
@@ -93,7 +89,7 @@ def read_paging_cookie(entity: EntityType, opts: QueryOptions, token: str) -> Pa
         raise ValueError("not a paging cookie")
     page = int(outer.attrib.get("pagenumber", "1"))
     inner = ElementTree.fromstring(unquote(unquote(outer.attrib["pagingcookie"])))
-    columns = _sort_columns(entity, opts)
+    columns = sort_columns(entity, opts.orderby)
     elements = [e for e in inner if e.tag != "tracking"]
     if [e.tag for e in elements] != columns:
         raise ValueError("the paging cookie does not match the query's order")

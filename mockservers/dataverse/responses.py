@@ -51,7 +51,6 @@ class Request:
     headers: Headers
     body: bytes
     caller: Caller
-    raw_query: str = ""
 
 
 def parse_etag(value: str) -> int | None:
@@ -643,7 +642,6 @@ class DataverseService:
                 headers=inner.headers if isinstance(inner.headers, Headers) else Headers(inner.headers),
                 body=inner.body,
                 caller=req.caller,
-                raw_query=query,
             )
             if sub.path == "$batch":
                 return batch_protocol.error_response(400, exc.NOT_SUPPORTED, "Nested $batch requests are not supported.")

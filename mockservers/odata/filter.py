@@ -29,7 +29,7 @@ from sqlalchemy.orm import aliased
 
 from .csdl import enum_spellings
 from .errors import QuerySyntaxError, UnknownProperty
-from .schema import Edm, EntityType, Schema
+from .schema import EntityType, Schema
 
 logging.getLogger("odata_query").setLevel(logging.ERROR)
 
@@ -291,7 +291,3 @@ def compile_filter(schema: Schema, entity: EntityType, models: dict[str, type], 
         raise QuerySyntaxError("The $filter expression must be a boolean condition.")
     return clause, visitor.outer_joins
 
-
-def property_type(entity: EntityType, name: str) -> Edm | None:
-    prop = entity.property(name)
-    return prop.type if prop else None

@@ -165,6 +165,11 @@ def parse_options(args: dict[str, str]) -> QueryOptions:
     return opts
 
 
+def sort_columns(entity: EntityType, orderby: list[tuple[str, bool]]) -> list[str]:
+    """The columns that order a page (order-by columns, then the key): what a keyset token carries."""
+    return [name for name, _ in orderby] + [entity.key]
+
+
 @dataclass
 class Page:
     rows: list[Row]
@@ -239,10 +244,6 @@ class QueryRunner:
                 same = col == value
             condition = beyond if condition is None else sa.or_(beyond, sa.and_(same, condition))
         return condition
-
-    def sort_columns(self, entity: EntityType, orderby: list[tuple[str, bool]]) -> list[str]:
-        """The columns a keyset token must carry: the order-by columns, then the key."""
-        return [name for name, _ in orderby] + [entity.key]
 
     def run(
         self,
