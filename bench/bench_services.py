@@ -21,7 +21,7 @@ from pathlib import Path
 
 import requests
 
-from mockservers.sandbox.server import Sandbox, SandboxConfig
+from mockservers.server import Sandbox, SandboxConfig
 
 
 def token(info: dict, scope: str, verify: bool | str) -> str:

@@ -13,8 +13,8 @@ import click
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
-from .sandbox.server import Sandbox, SandboxConfig
-from .sandbox.wsgi import access_logger
+from .server import Sandbox, SandboxConfig
+from .server.wsgi import access_logger
 
 console = Console(stderr=True, soft_wrap=True)
 # Out-of-range numbers would otherwise wrap around silently (70000 binds 4464).

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from mockservers.sandbox.server import Sandbox, SandboxConfig
+from mockservers.server import Sandbox, SandboxConfig
 
 
 @dataclass

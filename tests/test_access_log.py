@@ -7,7 +7,7 @@ import logging
 import pytest
 import requests
 
-from mockservers.sandbox.server import Sandbox, SandboxConfig
+from mockservers.server import Sandbox, SandboxConfig
 
 
 def test_access_log_has_one_line_per_request(tmp_path, caplog: pytest.LogCaptureFixture) -> None:

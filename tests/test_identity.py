@@ -30,7 +30,7 @@ from mockservers.identity import (
 )
 from mockservers.identity.keys import KEY_FILENAME, generate_signing_key
 from mockservers.identity.tokens import bearer_challenge
-from mockservers.sandbox.tls import TlsFiles, client_context, ensure_certificates, ssl_context
+from mockservers.server.tls import TlsFiles, client_context, ensure_certificates, ssl_context
 
 DATAVERSE_RESOURCE = "https://127.0.0.1:5001"
 

@@ -17,8 +17,9 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.serving import make_server
 
 from mockservers.sandbox.control import control_blueprint
-from mockservers.sandbox.hooks import SandboxServices, install_sandbox_hooks, is_control_path, sandbox_admit
+from mockservers.sandbox.hooks import install_sandbox_hooks, sandbox_admit
 from mockservers.sandbox.limits import DATAVERSE_MESSAGES, ServiceProtection
+from mockservers.sandbox.services import SandboxServices, is_control_path
 
 TOKEN = "control-admin-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}

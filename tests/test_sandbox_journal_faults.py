@@ -19,15 +19,10 @@ from werkzeug.serving import make_server
 
 from mockservers.sandbox.control import control_blueprint
 from mockservers.sandbox.faults import FaultConfig, FaultConfigError, FaultInjector
-from mockservers.sandbox.hooks import (
-    SandboxServices,
-    install_sandbox_hooks,
-    is_control_path,
-    note_batch_operations,
-    sandbox_admit,
-)
+from mockservers.sandbox.hooks import install_sandbox_hooks, note_batch_operations, sandbox_admit
 from mockservers.sandbox.journal import Journal, JournalEntry
 from mockservers.sandbox.limits import DATAVERSE_MESSAGES, ServiceProtection
+from mockservers.sandbox.services import SandboxServices, is_control_path
 
 TOKEN = "journal-faults-admin-token"
 

@@ -19,7 +19,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.serving import make_server
 
 from mockservers.sandbox.control import control_blueprint
-from mockservers.sandbox.hooks import SandboxServices, install_sandbox_hooks, is_control_path, sandbox_admit
+from mockservers.sandbox.hooks import install_sandbox_hooks, sandbox_admit
 from mockservers.sandbox.limits import (
     BC_LIMITS,
     BC_MESSAGES,
@@ -32,6 +32,7 @@ from mockservers.sandbox.limits import (
     Ticket,
     dataverse_budget_headers,
 )
+from mockservers.sandbox.services import SandboxServices, is_control_path
 
 TOKEN = "limits-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

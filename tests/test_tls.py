@@ -12,7 +12,7 @@ from cryptography import x509
 from flask import Flask
 from werkzeug.serving import make_server
 
-from mockservers.sandbox.tls import TlsFiles, ensure_certificates, ssl_context
+from mockservers.server.tls import TlsFiles, ensure_certificates, ssl_context
 
 
 def _snapshot(files: TlsFiles) -> dict[Path, tuple[bytes, int]]:

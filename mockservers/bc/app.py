@@ -7,8 +7,10 @@ from werkzeug.exceptions import HTTPException
 
 from ..identity import BUSINESS_CENTRAL_RESOURCE, InvalidToken, TokenValidator
 from ..odata.protocol import to_response
-from ..sandbox.hooks import SandboxServices, install_sandbox, note_batch_operations, sandbox_admit
+from ..sandbox.hooks import note_batch_operations, sandbox_admit
+from ..sandbox.install import install_sandbox
 from ..sandbox.limits import BC_LIMITS, BC_MESSAGES, ServiceProtection
+from ..sandbox.services import SandboxServices
 from .exceptions import BCError
 from .models import BCBackend
 from .responses import BCService, Request

@@ -7,8 +7,10 @@ from werkzeug.exceptions import HTTPException
 
 from ..identity import InvalidToken, TokenValidator, bearer_challenge
 from ..odata.protocol import to_response
-from ..sandbox.hooks import SandboxServices, install_sandbox, note_batch_operations, sandbox_admit
+from ..sandbox.hooks import note_batch_operations, sandbox_admit
+from ..sandbox.install import install_sandbox
 from ..sandbox.limits import DATAVERSE_LIMITS, DATAVERSE_MESSAGES, ServiceProtection, dataverse_budget_headers
+from ..sandbox.services import SandboxServices
 from .exceptions import DataverseError
 from .models import DataverseBackend
 from .responses import API_PATH, DataverseService, Request

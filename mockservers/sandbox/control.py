@@ -14,9 +14,9 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from .faults import FaultConfigError
-from .hooks import CONTROL_PREFIX, SandboxServices
 from .journal import parse_status_filter
 from .limits import LimitConfigError
+from .services import CONTROL_PREFIX, SandboxServices
 
 ADMIN_TOKEN_HEADER = "X-Sandbox-Admin-Token"
 

@@ -16,42 +16,27 @@ An app that never calls ``sandbox_admit`` still gets the journal and faults.
 from __future__ import annotations
 
 import contextlib
-import secrets
 import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, NoReturn, Protocol
+from dataclasses import dataclass
+from typing import NoReturn
 from urllib.parse import unquote
 
 from flask import Flask, Response, abort, current_app, g, request
 
-from .faults import FaultDecision, FaultInjector
-from .journal import Journal, JournalEntry
-from .limits import REQUESTS, Budget, Rejection, ServiceProtection, Ticket
+from .faults import FaultDecision
+from .journal import JournalEntry
+from .limits import REQUESTS, Budget, Rejection, Ticket
+from .services import SandboxServices, is_control_path
 
-CONTROL_PREFIX = "/_sandbox"
 EXTENSION_KEY = "mockservers.sandbox"
 CLIENT_REQUEST_ID_HEADERS = ("x-ms-client-request-id", "client-request-id")
 
 RenderError = Callable[[int, str, str, dict[str, str]], Response]
 PrincipalLookup = Callable[[], str | None]
 BudgetHeaders = Callable[[Budget], dict[str, str]]
-
-
-def new_admin_token() -> str:
-    return secrets.token_urlsafe(32)
-
-
-@dataclass
-class SandboxServices:
-    """The per-service sandbox machinery the hooks and the control API share."""
-
-    admin_token: str = field(default_factory=new_admin_token)
-    journal: Journal = field(default_factory=Journal)
-    faults: FaultInjector = field(default_factory=FaultInjector)
-    limits: ServiceProtection = field(default_factory=ServiceProtection)
 
 
 @dataclass
@@ -179,10 +164,6 @@ def note_principal(principal: str | None) -> None:
         state.principal = principal
 
 
-def is_control_path(path: str) -> bool:
-    return path == CONTROL_PREFIX or path.startswith(CONTROL_PREFIX + "/")
-
-
 def _state() -> _RequestState | None:
     return g.get("sandbox_request")
 
@@ -278,36 +259,3 @@ def _client_request_id() -> str | None:
         if value:
             return value
     return None
-
-
-class SeededBackend(Protocol):
-    def reset(self) -> None: ...
-    def seed(self, fixture: str) -> dict[str, int]: ...
-
-
-def install_sandbox(
-    app: Flask,
-    sandbox: SandboxServices,
-    backend: SeededBackend,
-    *,
-    service: str,
-    render_error: RenderError,
-    budget_headers: BudgetHeaders | None = None,
-) -> SandboxHooks:
-    """Everything a service app needs from the sandbox: the request hooks and the control API.
-
-    The caller's principal is read from ``flask.g.principal`` (set by the app once it authenticated).
-    """
-    from .control import control_blueprint  # control imports this module
-
-    hooks = install_sandbox_hooks(app, sandbox, service=service, principal=lambda: g.get("principal"),
-                                  render_error=render_error, budget_headers=budget_headers)
-
-    def seed(name: str) -> dict[str, Any]:
-        try:
-            return {"seeded": backend.seed(name)}
-        except FileNotFoundError as error:
-            raise LookupError(str(error)) from error
-
-    app.register_blueprint(control_blueprint(sandbox, reset=backend.reset, seed=seed))
-    return hooks

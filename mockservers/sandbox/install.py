@@ -1,0 +1,42 @@
+"""Wire a service app to the sandbox: request hooks (journal, faults, limits) plus the control API."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from flask import Flask, g
+
+from .control import control_blueprint
+from .hooks import BudgetHeaders, RenderError, SandboxHooks, install_sandbox_hooks
+from .services import SandboxServices
+
+
+class SeededBackend(Protocol):
+    def reset(self) -> None: ...
+    def seed(self, fixture: str) -> dict[str, int]: ...
+
+
+def install_sandbox(
+    app: Flask,
+    sandbox: SandboxServices,
+    backend: SeededBackend,
+    *,
+    service: str,
+    render_error: RenderError,
+    budget_headers: BudgetHeaders | None = None,
+) -> SandboxHooks:
+    """Everything a service app needs from the sandbox: the request hooks and the control API.
+
+    The caller's principal is read from ``flask.g.principal`` (set by the app once it authenticated).
+    """
+    hooks = install_sandbox_hooks(app, sandbox, service=service, principal=lambda: g.get("principal"),
+                                  render_error=render_error, budget_headers=budget_headers)
+
+    def seed(name: str) -> dict[str, Any]:
+        try:
+            return {"seeded": backend.seed(name)}
+        except FileNotFoundError as error:
+            raise LookupError(str(error)) from error
+
+    app.register_blueprint(control_blueprint(sandbox, reset=backend.reset, seed=seed))
+    return hooks
