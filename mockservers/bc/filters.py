@@ -1,70 +1,64 @@
-"""BC's own limits on `$filter` (API v2.0 schema 2.0), checked on the odata-query AST before SQL.
+"""The Business Central `$filter` dialect (API v2.0), on the parsed tree.
 
+BC binds `$filter` with Microsoft.OData.Core like any OData service, with string literals standing
+for enum members (``blocked eq ' '``), then translates it into AL table filters, which is where its
+own limits come from
+(https://learn.microsoft.com/dynamics365/business-central/dev-itpro/webservices/odata-known-limitations):
 - `or` may only combine conditions on the same field ("The 'OR' operator is not supported on
   distinct fields on an OData filter.");
-- `in (…)` and nested functions need `$schemaversion=2.1`;
+- `in (…)` and nested functions need `$schemaversion=2.1`
+  (https://learn.microsoft.com/dynamics365/business-central/dev-itpro/webservices/use-filter-expressions-in-odata-uris);
 - lambda operators (`any`/`all`) are ignored: BC drops those conditions instead of refusing them.
 """
 
 from __future__ import annotations
 
-from odata_query import ast
-from odata_query.roundtrip import AstToODataVisitor
-from odata_query.visitor import NodeTransformer
+from collections.abc import Mapping
 
-from ..odata.filter import parse_filter
+from odata_query import ast
+
+from ..odata.filter import FilterDialect
+from ..odata.filter_syntax import Junction, normalize, rebuild, walk
+from ..odata.schema import EntityType, Schema
 from .exceptions import BCError
 
 
 def _fields(node: ast._Node) -> set[str]:
+    """The properties (or navigation paths) a condition reads."""
     found: set[str] = set()
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        if isinstance(current, ast.Identifier):
+    for current in walk(node):
+        if isinstance(current, ast.Identifier) and not current.namespace:
             found.add(current.name)
-            continue
-        if isinstance(current, ast.Attribute):
+        elif isinstance(current, ast.Attribute):
             found.add(f"{current.owner}/{current.attr}")
-            continue
-        for value in vars(current).values() if hasattr(current, "__dict__") else ():
-            if isinstance(value, ast._Node):
-                stack.append(value)
-            elif isinstance(value, list):
-                stack.extend(v for v in value if isinstance(v, ast._Node))
     return found
 
 
-def _walk(node: ast._Node):
-    stack = [node]
-    while stack:
-        current = stack.pop()
-        yield current
-        for value in vars(current).values() if hasattr(current, "__dict__") else ():
-            if isinstance(value, ast._Node):
-                stack.append(value)
-            elif isinstance(value, list):
-                stack.extend(v for v in value if isinstance(v, ast._Node))
+class BCFilters(FilterDialect):
+    """Standard OData with BC's enum literals and its AL-filter rules, for one request."""
 
+    strings_as_enums = True
 
-class _DropLambdas(NodeTransformer):
-    def visit_CollectionLambda(self, node: ast.CollectionLambda) -> ast._Node:
-        return ast.Boolean("true")
+    def __init__(self, schema: Schema, schema_version: str = "2.0", aliases: Mapping[str, str] | None = None) -> None:
+        super().__init__(schema, aliases)
+        self.extended = schema_version == "2.1"
 
+    def before_binding(self, tree: ast._Node, entity: EntityType) -> ast._Node:
+        """Lambda conditions are dropped before anything looks at them, as BC does."""
+        if not any(isinstance(node, ast.CollectionLambda) for node in walk(tree)):
+            return tree
+        dropped = rebuild(tree, lambda node: ast.Boolean("true") if isinstance(node, ast.CollectionLambda) else None)
+        return normalize(dropped)
 
-def check_filter(text: str, schema_version: str) -> str:
-    """Refuse what BC refuses; return the filter BC actually applies (lambda conditions dropped)."""
-    tree = parse_filter(text)
-    extended = schema_version == "2.1"
-    for node in _walk(tree):
-        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) and len(_fields(node)) > 1:
-            raise BCError(400, "BadRequest", "The 'OR' operator is not supported on distinct fields on an OData filter.")
-        if isinstance(node, ast.Compare) and isinstance(node.comparator, ast.In) and not extended:
-            raise BCError(400, "BadRequest", "The 'in' operator is supported only with $schemaversion=2.1.")
-        if isinstance(node, ast.Call) and not extended:
-            nested = [a for a in node.args if isinstance(a, ast.Call)]
-            if nested:
-                raise BCError(400, "BadRequest", "Nested functions in $filter are supported only with $schemaversion=2.1.")
-    if any(isinstance(node, ast.CollectionLambda) for node in _walk(tree)):
-        return AstToODataVisitor().visit(_DropLambdas().visit(tree))
-    return text
+    def after_binding(self, tree: ast._Node, entity: EntityType) -> None:
+        for node in walk(tree):
+            if isinstance(node, Junction) and isinstance(node.op, ast.Or) and len(_fields(node)) > 1:
+                raise BCError(400, "BadRequest",
+                              "The 'OR' operator is not supported on distinct fields on an OData filter.")
+            if self.extended:
+                continue
+            if isinstance(node, ast.Compare) and isinstance(node.comparator, ast.In):
+                raise BCError(400, "BadRequest", "The 'in' operator is supported only with $schemaversion=2.1.")
+            if isinstance(node, ast.Call) and any(isinstance(a, ast.Call) for a in node.args):
+                raise BCError(400, "BadRequest",
+                              "Nested functions in $filter are supported only with $schemaversion=2.1.")

@@ -25,7 +25,7 @@ from ..odata.urlpath import Segment, parse_key, split_path
 from ..odata.values import parse_guid
 from . import exceptions as exc
 from .exceptions import BCError
-from .filters import check_filter
+from .filters import BCFilters
 from .models import BCBackend, Company
 from .serializer import BCSerializer, parse_bc_etag
 from .webhooks import WebhookError
@@ -34,6 +34,9 @@ STANDARD_API = ("v2.0",)
 SUCCESS_TYPE = "application/json; odata.metadata=minimal; odata.streaming=true"
 MAX_BATCH_OPERATIONS = 100
 DEFAULT_MAX_PAGE_SIZE = 20_000
+QUERY_OPTIONS = ("$select", "$filter", "$orderby", "$top", "$skip", "$count", "$expand", "$skiptoken", "$schemaversion")
+# OData system query options BC's stack knows and the sandbox does not emulate: refused, never ignored.
+NOT_EMULATED = {"$apply": "aggregation with $apply", "$search": "$search", "$compute": "$compute"}
 
 
 @dataclass
@@ -130,6 +133,7 @@ class BCService:
         return sets
 
     def _dispatch(self, req: Request) -> Result:
+        check_query_options(req.args)
         try:
             route = self.route(req.path)
         except EnvironmentMissing:
@@ -225,11 +229,10 @@ class BCService:
 
     # -- entity sets ---------------------------------------------------------------------------
     def _options(self, req: Request, entity: EntityType) -> QueryOptions:
-        args = {k: v for k, v in req.args.items() if k.startswith("$")}
-        if "$filter" in args:
-            args["$filter"] = check_filter(args["$filter"], req.args.get("$schemaversion", "2.0"))
-        return parse_options({k: v for k, v in args.items() if k in (
-            "$select", "$filter", "$orderby", "$top", "$skip", "$count", "$expand")})
+        opts = parse_options({k: v for k, v in req.args.items() if k in QUERY_OPTIONS})
+        aliases = {k: v for k, v in req.args.items() if k.startswith("@")}
+        BCFilters(self.schema, req.args.get("$schemaversion", "2.0"), aliases).prepare_options(opts, entity)
+        return opts
 
     def entity_request(self, req: Request, route: Route, root_url: str, company: Company, rest: list[Segment],
                        *, scoped_context: bool) -> Result:
@@ -551,6 +554,23 @@ class BCService:
             except ValueError:
                 outcome["body"] = result.body.decode("utf-8", "replace")
         return outcome
+
+
+def check_query_options(args: MultiDict) -> None:
+    """BC's OData stack refuses `$` options it does not know; the sandbox also refuses those it does not emulate.
+
+    Other parameters (``company``, ``tenant``, ``aid``, parameter aliases) pass, as custom query options do.
+    """
+    for name in args:
+        if not name.startswith("$") or name in QUERY_OPTIONS:
+            continue
+        if name == "$format" and args.get(name, "").lower() in ("json", "application/json"):
+            continue  # the only format there is
+        what = NOT_EMULATED.get(name)
+        if what is not None:
+            raise exc.bad_request(f"The query parameter '{name}' is not supported by the sandbox: it does not "
+                                  f"emulate {what}.")
+        raise exc.bad_request(f"The query parameter '{name}' is not supported.")
 
 
 class EnvironmentMissing(Exception):

@@ -72,4 +72,6 @@ def from_engine(exc: engine.ODataError, entity: EntityType | None = None) -> Dat
         return DataverseError(400, code, exc.message)
     if isinstance(exc, engine.UnsupportedQuery):
         return DataverseError(400, NOT_SUPPORTED, exc.message)
+    if isinstance(exc, engine.QuerySyntaxError):  # what ODL's URI parser and binder refuse
+        return DataverseError(400, QUERY_PROPERTY_ERROR, exc.message)
     return DataverseError(400, PROPERTY_NOT_FOUND, exc.message)

@@ -15,8 +15,9 @@ from typing import Any
 from odata_query import ast
 from odata_query.visitor import NodeVisitor
 
-from mockservers.odata.errors import QuerySyntaxError
+from mockservers.odata.errors import ODataError, QuerySyntaxError
 from mockservers.odata.filter import parse_filter as parse_odata_filter
+from mockservers.odata.filter_syntax import Junction
 from mockservers.odata.query import split_top_level as split_options
 from mockservers.odata.schema import AlternateKey, Edm, EntityType, Property, Schema
 
@@ -53,7 +54,7 @@ def parse_filter(text: str) -> ast._Node:
     """Parse ``$filter`` with the engine's odata-query wrapper (enum literals ``ns.Type'Member'`` included)."""
     try:
         return parse_odata_filter(text)
-    except QuerySyntaxError as exc:
+    except ODataError as exc:
         raise MetadataError(400, "0x80060888", exc.message) from exc
 
 
@@ -86,10 +87,10 @@ class _FilterEvaluator(NodeVisitor):
     def visit_List(self, node: ast.List) -> list[Any]:
         return [self.visit(item) for item in node.val]
 
-    def visit_BoolOp(self, node: ast.BoolOp) -> bool:
+    def visit_Junction(self, node: Junction) -> bool:
         if isinstance(node.op, ast.And):
-            return bool(self.visit(node.left)) and bool(self.visit(node.right))
-        return bool(self.visit(node.left)) or bool(self.visit(node.right))
+            return all(bool(self.visit(term)) for term in node.terms)
+        return any(bool(self.visit(term)) for term in node.terms)
 
     def visit_UnaryOp(self, node: ast.UnaryOp) -> bool:
         if isinstance(node.op, ast.Not):

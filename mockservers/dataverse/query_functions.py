@@ -1,278 +1,231 @@
-"""Dataverse `$filter` extensions rewritten to standard OData before odata-query parses.
+"""The Dataverse `$filter` dialect: query functions and parameter aliases, on the parsed tree.
 
-odata-query cannot tokenize parameter aliases (``@p1``) or the JSON arrays that
-``Microsoft.Dynamics.CRM.In(PropertyName='x',PropertyValues=["a","b"])`` carries, and it does not
-know the Dataverse query functions. This pre-pass substitutes aliases and replaces each query
-function call by the equivalent standard expression (``x in ('a','b',)``, date ranges computed
-from the server clock in UTC), typed by the property's declaration.
+Dataverse adds more than 60 query functions to OData, called by their fully qualified name with
+named parameters, e.g. ``Microsoft.Dynamics.CRM.In(PropertyName='statecode',PropertyValues=["0","1"])``
+(https://learn.microsoft.com/power-apps/developer/data-platform/webapi/query/filter-rows#dataverse-query-functions).
+``DataverseFilters`` binds their parameters against the function declarations (``PropertyName``
+and ``PropertyValue`` are strings or integers, ``PropertyValues`` a collection of strings), then
+expands each call into ordinary comparisons typed by the property's declaration (``x in (…)``,
+ranges computed from the server clock in UTC), which the engine then binds like any other filter.
+``not`` may not wrap a query function, as Dataverse says
+(https://learn.microsoft.com/power-apps/developer/data-platform/webapi/use-web-api-functions).
 """
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Callable
-from datetime import datetime, timedelta
-from typing import Any
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import date, datetime, timedelta
 
-from ..odata.errors import QuerySyntaxError, UnknownProperty
-from ..odata.schema import Edm, EntityType
+from dateutil.parser import isoparse
+from odata_query import ast
 
+from ..odata.errors import QuerySyntaxError, UnknownProperty, UnsupportedQuery
+from ..odata.filter import Binder, EdmType, FilterDialect
+from ..odata.filter_binding import cannot_convert, unknown_function
+from ..odata.filter_syntax import JsonArray, Junction, walk
+from ..odata.schema import Edm, EntityType, Property, Schema
+
+_NAMESPACE = ("Microsoft", "Dynamics", "CRM")
 _PREFIX = "Microsoft.Dynamics.CRM."
 
-
-def _scan_string(text: str, i: int, quote: str) -> int:
-    """Index just past the string literal starting at ``i``."""
-    j = i + 1
-    while j < len(text):
-        if text[j] == quote:
-            if j + 1 < len(text) and text[j + 1] == quote:
-                j += 2
-                continue
-            return j + 1
-        if quote == '"' and text[j] == "\\":
-            j += 2
-            continue
-        j += 1
-    raise QuerySyntaxError(f"There is an unterminated literal at position {i} in '{text}'.")
-
-
-def substitute_aliases(text: str, aliases: dict[str, str]) -> str:
-    out, i = [], 0
-    while i < len(text):
-        ch = text[i]
-        if ch == "'":
-            end = _scan_string(text, i, "'")
-            out.append(text[i:end])
-            i = end
-            continue
-        if ch == "@":
-            m = re.match(r"@([A-Za-z_]\w*)", text[i:])
-            if not m:
-                raise QuerySyntaxError(f"Syntax error at position {i} in '{text}'.")
-            name = m.group(1)
-            if f"@{name}" not in aliases:
-                raise QuerySyntaxError(f"The parameter alias '@{name}' was not found in the request.")
-            out.append(aliases[f"@{name}"])
-            i += len(m.group(0))
-            continue
-        out.append(ch)
-        i += 1
-    return "".join(out)
+_DATE_RANGES = ("Today", "Yesterday", "Tomorrow", "Last7Days", "Next7Days", "ThisWeek", "LastWeek", "NextWeek",
+                "ThisMonth", "LastMonth", "NextMonth", "ThisYear", "LastYear", "NextYear")
+_DAY_VALUE = ("On", "OnOrAfter", "OnOrBefore")
+_COUNTED = tuple(f"{kind}X{unit}" for kind in ("Last", "Next") for unit in ("Hours", "Days", "Weeks", "Months", "Years")) + \
+    tuple(f"OlderThanX{unit}" for unit in ("Minutes", "Hours", "Days", "Weeks", "Months", "Years"))
+_IDS = ("EqualUserId", "NotEqualUserId", "EqualBusinessId", "NotEqualBusinessId")
+_LISTS = ("In", "NotIn", "Between", "NotBetween")
+# Declared by Dataverse but not emulated (fiscal periods, hierarchies, choices columns, languages, teams).
+_NOT_EMULATED = (
+    "InFiscalPeriod", "InFiscalPeriodAndYear", "InFiscalYear", "InOrAfterFiscalPeriodAndYear",
+    "InOrBeforeFiscalPeriodAndYear", "LastFiscalPeriod", "LastFiscalYear", "LastXFiscalPeriods", "LastXFiscalYears",
+    "NextFiscalPeriod", "NextFiscalYear", "NextXFiscalPeriods", "NextXFiscalYears", "ThisFiscalPeriod",
+    "ThisFiscalYear", "Above", "AboveOrEqual", "EqualUserOrUserHierarchy", "EqualUserOrUserHierarchyAndTeams",
+    "EqualUserOrUserTeams", "EqualUserTeams", "NotUnder", "Under", "UnderOrEqual", "ContainValues",
+    "DoesNotContainValues", "EqualUserLanguage", "Contains",
+)
+# The parameters each function declares, with their EDM types.
+_PARAMETERS: dict[str, dict[str, str]] = {
+    **{name: {"PropertyName": "Edm.String", "PropertyValues": "Collection(Edm.String)"} for name in _LISTS},
+    **{name: {"PropertyName": "Edm.String"} for name in (*_IDS, *_DATE_RANGES)},
+    **{name: {"PropertyName": "Edm.String", "PropertyValue": "Edm.String"} for name in _DAY_VALUE},
+    **{name: {"PropertyName": "Edm.String", "PropertyValue": "Edm.Int32"} for name in _COUNTED},
+}
 
 
-def _split_args(text: str) -> list[str]:
-    parts, depth, i, start = [], 0, 0, 0
-    while i < len(text):
-        ch = text[i]
-        if ch in "'\"":
-            i = _scan_string(text, i, ch)
-            continue
-        if ch in "([":
-            depth += 1
-        elif ch in ")]":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-        i += 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts if p.strip()]
+def orderby_with_aliases(text: str, aliases: Mapping[str, str]) -> str:
+    """`$orderby=@p1 desc&@p1=revenue`: each alias stands for a property name (quoted or not)."""
+    def value(match: re.Match) -> str:
+        if match.group(0) not in aliases:
+            raise QuerySyntaxError(f"The parameter alias '{match.group(0)}' was not found in the request.")
+        return aliases[match.group(0)].strip().strip("'")
+
+    return re.sub(r"@[A-Za-z_]\w*", value, text)
 
 
-def _arg_value(raw: str) -> Any:
-    if raw.startswith("'") and raw.endswith("'") and len(raw) >= 2:
-        return raw[1:-1].replace("''", "'")
-    if raw.startswith("["):
-        try:
-            values = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise QuerySyntaxError(f"Invalid JSON. {exc.msg} in scope 'Array'.") from exc
-        if not isinstance(values, list):
-            raise QuerySyntaxError("Invalid JSON array in PropertyValues.")
-        return values
-    if re.fullmatch(r"-?\d+", raw):
-        return int(raw)
-    return raw
+class DataverseFilters(FilterDialect):
+    """Standard OData plus the Dataverse query functions, for one request (aliases, caller, clock)."""
 
-
-class FunctionRewriter:
-    """Rewrites the query functions for one entity type."""
-
-    def __init__(self, entity: EntityType, namespace: str, *, now: Callable[[], datetime], user_id: str | None,
-                 business_unit_id: str | None) -> None:
-        self.entity = entity
-        self.namespace = namespace
+    def __init__(self, schema: Schema, aliases: Mapping[str, str] | None = None, *, now: Callable[[], datetime],
+                 user_id: str | None, business_unit_id: str | None) -> None:
+        super().__init__(schema, aliases)
         self.now = now
         self.user_id = user_id
         self.business_unit_id = business_unit_id
 
-    def rewrite(self, text: str) -> str:
-        out, i = [], 0
-        while i < len(text):
-            ch = text[i]
-            if ch == "'":
-                end = _scan_string(text, i, "'")
-                out.append(text[i:end])
-                i = end
-                continue
-            if text.startswith(_PREFIX, i):
-                m = re.match(r"(\w+)\s*\(", text[i + len(_PREFIX):])
-                if not m:
-                    raise QuerySyntaxError(f"Syntax error at position {i} in '{text}'.")
-                name = m.group(1)
-                start = i + len(_PREFIX) + m.end()
-                end = self._closing(text, start - 1)
-                args = {}
-                for part in _split_args(text[start:end]):
-                    key, eq, value = part.partition("=")
-                    if not eq:
-                        raise QuerySyntaxError(f"Query function {name} takes named parameters.")
-                    args[key.strip()] = _arg_value(value.strip())
-                self._reject_not(out)
-                out.append(self.expand(name, args))
-                i = end + 1
-                continue
-            out.append(ch)
-            i += 1
-        return "".join(out)
+    def before_binding(self, tree: ast._Node, entity: EntityType) -> ast._Node:
+        for node in walk(tree):
+            if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not) and any(
+                    _is_query_function(inner) for inner in walk(node.operand)):
+                raise QuerySyntaxError("Not operator along with the Custom Named Condition operators is not allowed")
+        return tree
+
+    # -- binding -------------------------------------------------------------------------------------
+    def bind_function(self, binder: Binder, node: ast.Call) -> tuple[ast._Node, EdmType | None]:
+        full_name = node.func.full_name()
+        name = node.func.name
+        if node.func.namespace != _NAMESPACE or (name not in _PARAMETERS and name not in _NOT_EMULATED):
+            raise unknown_function(full_name)
+        if name in _NOT_EMULATED:
+            raise UnsupportedQuery(f"The query function '{full_name}' is not supported by the sandbox.")
+        given = {a.name.name: a.param for a in node.args if isinstance(a, ast.NamedParam)}
+        declared = _PARAMETERS[name]
+        if len(given) != len(node.args) or set(given) != set(declared):
+            names = ",".join(a.name.name if isinstance(a, ast.NamedParam) else "" for a in node.args)
+            raise QuerySyntaxError(f"Could not find a function named '{full_name}' with parameters '{names}'.")
+        for param, expected in declared.items():
+            given[param] = self._parameter(binder, given[param], expected)
+        return binder.bind(self.expand(name, given, binder.entity))
 
     @staticmethod
-    def _closing(text: str, open_at: int) -> int:
-        depth, i = 0, open_at
-        while i < len(text):
-            ch = text[i]
-            if ch in "'\"":
-                i = _scan_string(text, i, ch)
-                continue
-            if ch in "([":
-                depth += 1
-            elif ch in ")]":
-                depth -= 1
-                if depth == 0:
-                    return i
-            i += 1
-        raise QuerySyntaxError(f"Unbalanced parentheses in '{text}'.")
+    def _parameter(binder: Binder, value: ast._Node, expected: str) -> ast._Node:
+        """ODL converts each argument to the declared parameter type, or refuses it."""
+        if expected == "Collection(Edm.String)":
+            if isinstance(value, JsonArray):
+                return value
+        elif expected == "Edm.String":
+            if isinstance(value, ast.String):
+                return value
+            if isinstance(value, ast.Date):  # PropertyValue=2024-01-01 for On/OnOrAfter/OnOrBefore
+                return ast.String(value.val)
+        elif isinstance(value, ast.Integer) and -(2**31) <= int(value.val) < 2**31:
+            return value
+        raise cannot_convert(EdmType(_type_name(binder, value)), expected)
 
-    @staticmethod
-    def _reject_not(out: list[str]) -> None:
-        before = "".join(out).rstrip().rstrip("(").rstrip()
-        if re.search(r"(^|\W)not$", before, re.IGNORECASE):
-            raise QuerySyntaxError("Not operator along with the Custom Named Condition operators is not allowed")
-
-    # -- expansion --------------------------------------------------------------------------
-    def _property(self, args: dict[str, Any]) -> str:
-        name = args.get("PropertyName")
-        if not isinstance(name, str):
-            raise QuerySyntaxError("The PropertyName parameter is required.")
-        prop = self.entity.property(name)
-        if prop is None or prop.hidden:
-            raise UnknownProperty(name, f"{self.namespace}.{self.entity.name}")
-        return name
-
-    def _literal(self, name: str, value: Any) -> str:
-        prop = self.entity.property(name)
-        assert prop is not None
-        if value is None:
-            return "null"
-        text = str(value)
-        if prop.type in (Edm.Int32, Edm.Int64, Edm.Decimal, Edm.Double):
-            if not re.fullmatch(r"-?\d+(\.\d+)?", text):
-                raise QuerySyntaxError(f"The value '{text}' is not valid for '{name}'.")
-            return text
-        if prop.type is Edm.Boolean:
-            return "true" if text.lower() in ("true", "1") else "false"
-        if prop.type in (Edm.Guid, Edm.DateTimeOffset, Edm.Date):
-            if not re.fullmatch(r"[0-9A-Fa-f:.TZ+\-{}]+", text):
-                raise QuerySyntaxError(f"The value '{text}' is not valid for '{name}'.")
-            return text.strip("{}")
-        return "'" + text.replace("'", "''") + "'"
-
-    def _values(self, args: dict[str, Any]) -> list[Any]:
-        values = args.get("PropertyValues")
-        if not isinstance(values, list) or not values:
-            raise QuerySyntaxError("The PropertyValues parameter must be a non-empty array.")
-        return values
-
-    def _range(self, name: str, lo: datetime | None, hi: datetime | None) -> str:
-        parts = []
-        if lo is not None:
-            parts.append(f"{name} ge {_dt(lo)}")
-        if hi is not None:
-            parts.append(f"{name} lt {_dt(hi)}")
-        return "(" + " and ".join(parts) + ")"
-
-    def expand(self, fn: str, args: dict[str, Any]) -> str:
-        if fn in ("In", "NotIn"):
-            name = self._property(args)
-            literals = [self._literal(name, v) for v in self._values(args)]
-            items = ",".join(literals) + ("," if len(literals) == 1 else "")  # odata-query needs (x,) for one item
-            expr = f"({name} in ({items}))"
-            return expr if fn == "In" else f"(not {expr})"
-        if fn in ("Between", "NotBetween"):
-            name = self._property(args)
-            values = self._values(args)
+    # -- expansion into standard nodes ---------------------------------------------------------------
+    def expand(self, fn: str, args: dict[str, ast._Node], entity: EntityType) -> ast._Node:
+        prop = self._property(args["PropertyName"], entity)
+        column = ast.Identifier(prop.name)
+        if fn in _LISTS:
+            values = [self._literal(prop, v) for v in _items(args["PropertyValues"])]
+            if not values:
+                raise QuerySyntaxError("The PropertyValues parameter must be a non-empty array.")
+            if fn in ("In", "NotIn"):
+                expr: ast._Node = ast.Compare(ast.In(), column, ast.List(values))
+                return expr if fn == "In" else ast.UnaryOp(ast.Not(), expr)
             if len(values) != 2:
                 raise QuerySyntaxError(f"{fn} expects exactly two PropertyValues.")
-            lo, hi = (self._literal(name, v) for v in values)
+            lo, hi = values
             if fn == "Between":
-                return f"({name} ge {lo} and {name} le {hi})"
-            return f"({name} lt {lo} or {name} gt {hi})"
-        if fn in ("EqualUserId", "NotEqualUserId", "EqualBusinessId", "NotEqualBusinessId"):
-            name = self._property(args)
+                return Junction(ast.And(), (ast.Compare(ast.GtE(), column, lo), ast.Compare(ast.LtE(), column, hi)))
+            return Junction(ast.Or(), (ast.Compare(ast.Lt(), column, lo), ast.Compare(ast.Gt(), column, hi)))
+        if fn in _IDS:
             value = self.user_id if "User" in fn else self.business_unit_id
-            op = "ne" if fn.startswith("Not") else "eq"
-            return f"({name} {op} {value or 'null'})"
-        return self._date_function(fn, args)
+            comparator = ast.NotEq() if fn.startswith("Not") else ast.Eq()
+            return ast.Compare(comparator, column, ast.GUID(value) if value else ast.Null())
+        return self._date_function(fn, prop, args.get("PropertyValue"))
 
-    def _date_function(self, fn: str, args: dict[str, Any]) -> str:
-        name = self._property(args)
-        prop = self.entity.property(name)
-        assert prop is not None
+    def _property(self, name_node: ast._Node, entity: EntityType) -> Property:
+        name = name_node.val if isinstance(name_node, ast.String) else ""
+        prop = entity.property(name)
+        if prop is None or prop.hidden:  # a lookup may be named by its column (ownerid for _ownerid_value)
+            prop = next((p for p in entity.properties if p.lookup == name and not p.hidden), None)
+        if prop is None:
+            raise UnknownProperty(name, f"{self.schema.namespace}.{entity.name}")
+        return prop
+
+    @staticmethod
+    def _literal(prop: Property, value: ast._Node) -> ast._Node:
+        """A `PropertyValues` item as a literal of the property's type (the values are JSON strings)."""
+        if isinstance(value, ast.Null):
+            return value
+        text = value.val if isinstance(value, ast.String | ast.Integer | ast.Float | ast.Boolean) else str(value)
+        invalid = QuerySyntaxError(f"The value '{text}' is not valid for '{prop.name}'.")
+        if prop.type in (Edm.Int32, Edm.Int64):
+            if not re.fullmatch(r"-?\d+", text):
+                raise invalid
+            return ast.Integer(text)
+        if prop.type in (Edm.Decimal, Edm.Double):
+            if not re.fullmatch(r"-?\d+(\.\d+)?", text):
+                raise invalid
+            return ast.Float(text) if "." in text else ast.Integer(text)
+        if prop.type is Edm.Boolean:
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise invalid
+            return ast.Boolean("true" if text.lower() in ("true", "1") else "false")
+        if prop.type is Edm.Guid:
+            try:
+                return ast.GUID(str(uuid.UUID(text.strip("{}"))))
+            except ValueError:
+                raise invalid from None
+        if prop.type in (Edm.DateTimeOffset, Edm.Date):
+            try:
+                parsed = isoparse(text)
+            except ValueError:
+                raise invalid from None
+            if prop.type is Edm.Date or "T" not in text:
+                return ast.Date(parsed.date().isoformat())
+            return ast.DateTime(text)
+        return ast.String(text)
+
+    def _date_function(self, fn: str, prop: Property, value: ast._Node | None) -> ast._Node:
         if prop.type not in (Edm.DateTimeOffset, Edm.Date):
             raise QuerySyntaxError(f"The query function {fn} requires a date and time column.")
         now = self.now().replace(tzinfo=None)
         today = now.replace(hour=0, minute=0, second=0, microsecond=0)
         day = timedelta(days=1)
-        n = args.get("PropertyValue")
+        month = today.replace(day=1)
+        year = today.replace(month=1, day=1)
+        week = today - today.weekday() * day
         fixed: dict[str, tuple[datetime | None, datetime | None]] = {
             "Today": (today, today + day),
             "Yesterday": (today - day, today),
             "Tomorrow": (today + day, today + 2 * day),
             "Last7Days": (today - 7 * day, None),
             "Next7Days": (now, today + 8 * day),
-            "ThisMonth": (today.replace(day=1), _add_months(today.replace(day=1), 1)),
-            "LastMonth": (_add_months(today.replace(day=1), -1), today.replace(day=1)),
-            "NextMonth": (_add_months(today.replace(day=1), 1), _add_months(today.replace(day=1), 2)),
-            "ThisYear": (today.replace(month=1, day=1), today.replace(year=today.year + 1, month=1, day=1)),
-            "LastYear": (today.replace(year=today.year - 1, month=1, day=1), today.replace(month=1, day=1)),
-            "NextYear": (today.replace(year=today.year + 1, month=1, day=1),
-                         today.replace(year=today.year + 2, month=1, day=1)),
-            "ThisWeek": (today - today.weekday() * day, today + (7 - today.weekday()) * day),
-            "LastWeek": (today - (today.weekday() + 7) * day, today - today.weekday() * day),
-            "NextWeek": (today + (7 - today.weekday()) * day, today + (14 - today.weekday()) * day),
+            "ThisMonth": (month, _add_months(month, 1)),
+            "LastMonth": (_add_months(month, -1), month),
+            "NextMonth": (_add_months(month, 1), _add_months(month, 2)),
+            "ThisYear": (year, year.replace(year=year.year + 1)),
+            "LastYear": (year.replace(year=year.year - 1), year),
+            "NextYear": (year.replace(year=year.year + 1), year.replace(year=year.year + 2)),
+            "ThisWeek": (week, week + 7 * day),
+            "LastWeek": (week - 7 * day, week),
+            "NextWeek": (week + 7 * day, week + 14 * day),
         }
         if fn in fixed:
-            return self._range(name, *fixed[fn])
-        if fn in ("On", "OnOrAfter", "OnOrBefore"):
-            if not isinstance(n, str):
-                raise QuerySyntaxError(f"{fn} expects a date PropertyValue.")
+            return _range(prop, *fixed[fn])
+        if fn in _DAY_VALUE:
+            assert isinstance(value, ast.String)
             try:
-                day_start = datetime.fromisoformat(n[:10])
-            except ValueError as exc:
-                raise QuerySyntaxError(f"The value '{n}' is not a valid date.") from exc
+                day_start = datetime.fromisoformat(value.val[:10])
+            except ValueError:
+                raise QuerySyntaxError(f"The value '{value.val}' is not a valid date.") from None
             if fn == "On":
-                return self._range(name, day_start, day_start + day)
+                return _range(prop, day_start, day_start + day)
             if fn == "OnOrAfter":
-                return self._range(name, day_start, None)
-            return self._range(name, None, day_start + day)
+                return _range(prop, day_start, None)
+            return _range(prop, None, day_start + day)
+        assert isinstance(value, ast.Integer)
+        n = int(value.val)
+        if n < 0:
+            raise QuerySyntaxError(f"{fn} expects a non-negative integer PropertyValue.")
         m = re.fullmatch(r"(Last|Next|OlderThan)X(Minutes|Hours|Days|Weeks|Months|Years)", fn)
-        if m:
-            if isinstance(n, str) and n.isdigit():
-                n = int(n)
-            if not isinstance(n, int) or n < 0:
-                raise QuerySyntaxError(f"{fn} expects a non-negative integer PropertyValue.")
-            kind, unit = m.groups()
+        assert m is not None
+        kind, unit = m.groups()
+        try:
             if unit in ("Months", "Years"):
                 months = n * (12 if unit == "Years" else 1)
                 back, forward = _add_months(today, -months), _add_months(today, months)
@@ -281,20 +234,51 @@ class FunctionRewriter:
                          "Weeks": 7 * n * day}[unit]
                 base = now if unit in ("Minutes", "Hours") else today
                 back, forward = base - delta, base + delta + (day if unit in ("Days", "Weeks") else timedelta())
-            if kind == "Last":  # up to and including now
-                return self._range(name, back, None)
-            if kind == "Next":
-                return self._range(name, now, forward)
-            return self._range(name, None, back)
-        raise QuerySyntaxError(f"The query function '{_PREFIX}{fn}' is not supported by the sandbox.")
+        except (OverflowError, ValueError):
+            raise QuerySyntaxError(f"The value '{n}' of PropertyValue is out of range for {fn}.") from None
+        if kind == "Last":  # up to and including now
+            return _range(prop, back, None)
+        if kind == "Next":
+            return _range(prop, now, forward)
+        return _range(prop, None, back)
 
 
-def _dt(value: datetime) -> str:
+def _is_query_function(node: ast._Node) -> bool:
+    return isinstance(node, ast.Call) and node.func.namespace == _NAMESPACE
+
+
+def _type_name(binder: Binder, node: ast._Node) -> str:
+    if isinstance(node, ast.List):
+        return "Collection(Edm.String)" if all(isinstance(v, ast.String) for v in node.val) else "Collection"
+    _, kind = binder.bind(node)
+    return kind.name if kind is not None else "null"
+
+
+def _items(node: ast._Node) -> list[ast._Node]:
+    return list(node.val) if isinstance(node, ast.List) else []
+
+
+def _range(prop: Property, lo: datetime | None, hi: datetime | None) -> ast._Node:
+    column = ast.Identifier(prop.name)
+    terms: list[ast._Node] = []
+    if lo is not None:
+        terms.append(ast.Compare(ast.GtE(), column, _moment(prop, lo)))
+    if hi is not None:
+        terms.append(ast.Compare(ast.Lt(), column, _moment(prop, hi)))
+    return terms[0] if len(terms) == 1 else Junction(ast.And(), tuple(terms))
+
+
+def _moment(prop: Property, value: datetime) -> ast._Node:
+    if prop.type is Edm.Date:
+        return ast.Date(date(value.year, value.month, value.day).isoformat())
     # millisecond precision: the store keeps milliseconds, so a bound at "now" must not round down
-    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+    return ast.DateTime(value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z")
 
 
 def _add_months(value: datetime, months: int) -> datetime:
     month_index = value.month - 1 + months
     year = value.year + month_index // 12
     return value.replace(year=year, month=month_index % 12 + 1, day=1)
+
+
+__all__ = ["DataverseFilters", "orderby_with_aliases"]

@@ -33,14 +33,24 @@ from .metadata import MetadataError
 from .metadata_query import MetadataQuery
 from .models import Caller, DataverseBackend
 from .paging import PagingCookie, paging_cookie, read_paging_cookie
-from .query_functions import FunctionRewriter, substitute_aliases
+from .query_functions import DataverseFilters, orderby_with_aliases
 from .serializer import Annotations, Serializer, etag
 
 API_PATH = "/api/data/v9.2"
 MAX_PAGE_SIZE = 5000
 COUNT_LIMIT = 5000
 BULK_ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
-
+SYSTEM_QUERY_OPTIONS = ("$select", "$filter", "$orderby", "$top", "$expand", "$count", "$skiptoken", "$deltatoken")
+# Query options the real Web API answers and the sandbox does not emulate (yet): refused, never ignored.
+# https://learn.microsoft.com/power-apps/developer/data-platform/webapi/query/overview
+NOT_EMULATED = {
+    "$apply": "aggregation with $apply",
+    "fetchxml": "FetchXML queries",
+    "sql": "SQL queries",
+    "savedquery": "saved queries (system views)",
+    "userquery": "user queries (personal views)",
+    "partitionid": "elastic table partitions",
+}
 
 
 @dataclass
@@ -51,6 +61,20 @@ class Request:
     headers: Headers
     body: bytes
     caller: Caller
+
+
+def check_query_options(args: MultiDict) -> None:
+    """Refuse what the sandbox does not serve: `$skip` (Dataverse has none), unknown `$` options, and
+    the query forms Dataverse has that the sandbox does not emulate."""
+    if "$skip" in args:
+        raise DataverseError(400, exc.NOT_SUPPORTED, "The query parameter $skip is not supported")
+    for name in args:
+        what = NOT_EMULATED.get(name.lower())
+        if what is not None:
+            raise DataverseError(400, exc.NOT_SUPPORTED,
+                                 f"The query parameter {name} is not supported by the sandbox: it does not emulate {what}.")
+        if name.startswith("$") and name not in SYSTEM_QUERY_OPTIONS:
+            raise DataverseError(400, exc.NOT_SUPPORTED, f"The query parameter {name} is not supported")
 
 
 def parse_etag(value: str) -> int | None:
@@ -87,14 +111,7 @@ class DataverseService:
             return exc.from_engine(error).result()
 
     def _dispatch(self, req: Request) -> Result:
-        if "$skip" in req.args:
-            raise DataverseError(400, exc.NOT_SUPPORTED, "The query parameter $skip is not supported")
-        for name in req.args:
-            if name.startswith("$") and name not in (
-                "$select", "$filter", "$orderby", "$top", "$expand", "$count", "$skiptoken", "$deltatoken",
-            ):
-                detail = " by the sandbox" if name == "$apply" else ""  # real Dataverse aggregates; we do not yet
-                raise DataverseError(400, exc.NOT_SUPPORTED, f"The query parameter {name} is not supported{detail}")
+        check_query_options(req.args)
         path = req.path.strip("/")
         if path == "":
             return self.service_document(req)
@@ -157,16 +174,11 @@ class DataverseService:
     def _options(self, req: Request, entity: EntityType) -> QueryOptions:
         args = {k: v for k, v in req.args.items() if k.startswith("$")}
         aliases = {k: v for k, v in req.args.items() if k.startswith("@")}
-        if "$filter" in args:
-            text = substitute_aliases(args["$filter"], aliases) if aliases else args["$filter"]
-            rewriter = FunctionRewriter(
-                entity, self.schema.namespace, now=lambda: datetime.now(UTC),
-                user_id=req.caller.user_id, business_unit_id=req.caller.business_unit_id,
-            )
-            args["$filter"] = rewriter.rewrite(text)
         if "$orderby" in args and aliases:
-            args["$orderby"] = substitute_aliases(args["$orderby"], aliases).replace("'", "")
+            args["$orderby"] = orderby_with_aliases(args["$orderby"], aliases)
         opts = parse_options(args)
+        DataverseFilters(self.schema, aliases, now=lambda: datetime.now(UTC), user_id=req.caller.user_id,
+                         business_unit_id=req.caller.business_unit_id).prepare_options(opts, entity)
         for item in opts.expand:
             nav = entity.navigation(item.name)
             if item.options.ref and nav is not None and nav.collection:

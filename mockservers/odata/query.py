@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .errors import QuerySyntaxError, UnknownProperty
-from .filter import compile_filter
+from .filter import FilterExpression, compile_filter
 from .schema import EntityType, Schema
 from .storage import Row, Store
 
@@ -31,7 +31,7 @@ class ExpandItem:
 @dataclass
 class QueryOptions:
     select: list[str] | None = None
-    filter: str | None = None
+    filter: str | FilterExpression | None = None  # text until a service's FilterDialect prepares it
     orderby: list[tuple[str, bool]] = field(default_factory=list)  # (property, descending)
     top: int | None = None
     skip: int | None = None
