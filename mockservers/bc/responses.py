@@ -36,7 +36,8 @@ MAX_BATCH_OPERATIONS = 100
 DEFAULT_MAX_PAGE_SIZE = 20_000
 QUERY_OPTIONS = ("$select", "$filter", "$orderby", "$top", "$skip", "$count", "$expand", "$skiptoken", "$schemaversion")
 # OData system query options BC's stack knows and the sandbox does not emulate: refused, never ignored.
-NOT_EMULATED = {"$apply": "aggregation with $apply", "$search": "$search", "$compute": "$compute"}
+NOT_EMULATED = {"$apply": "aggregation with $apply", "$search": "$search", "$compute": "$compute",
+                "$format": "formats other than JSON"}
 
 
 @dataclass

@@ -10,9 +10,9 @@ built-in function signatures, ``in``, lambdas, and the messages ODL uses. A ``Fi
 holds what differs per service (query functions, string literals as enum members, extra rules);
 ``FilterDialect.prepare`` runs the whole pipeline and returns a ``FilterExpression`` ready for SQL.
 
-Rules: https://learn.microsoft.com/odata/webapi/built-in-routing-conventions and the OData URL
-conventions for built-in functions and operators,
-https://docs.oasis-open.org/odata/odata/v4.01/odata-v4.01-part2-url-conventions.html
+The operators and built-in functions are those of the OData URL conventions
+(https://docs.oasis-open.org/odata/odata/v4.01/odata-v4.01-part2-url-conventions.html); the parser
+and binder are Microsoft.OData.Core's (https://learn.microsoft.com/odata/odatalib/use-uri-parser).
 """
 
 from __future__ import annotations
