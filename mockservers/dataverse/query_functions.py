@@ -17,6 +17,7 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from dateutil.parser import isoparse
 from odata_query import ast
@@ -119,7 +120,7 @@ class DataverseFilters(FilterDialect):
         prop = self._property(args["PropertyName"], entity)
         column = ast.Identifier(prop.name)
         if fn in _LISTS:
-            values = [self._literal(prop, v) for v in _items(args["PropertyValues"])]
+            values: list[Any] = [self._literal(prop, v) for v in _items(args["PropertyValues"])]
             if not values:
                 raise QuerySyntaxError("The PropertyValues parameter must be a non-empty array.")
             if fn in ("In", "NotIn"):

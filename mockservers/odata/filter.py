@@ -80,7 +80,7 @@ class FilterVisitor(AstToSqlAlchemyOrmVisitor):
         if path not in self._aliases:
             target_entity = self.schema.entity(nav.target)
             assert target_entity is not None
-            alias = aliased(self.models[nav.target])
+            alias: Any = aliased(self.models[nav.target])
             self.outer_joins.append((alias, getattr(base, nav_name)))
             self._aliases[path] = (alias, target_entity)
         alias, target_entity = self._aliases[path]

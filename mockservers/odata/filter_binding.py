@@ -258,10 +258,10 @@ class Binder:
             return node, _p(INT32 if -(2**31) <= value < 2**31 else INT64)
         if isinstance(node, ast.Float):
             try:
-                value = float(node.val)
+                number = float(node.val)
             except ValueError:
                 raise QuerySyntaxError(f"Invalid numeric literal '{node.val}'.") from None
-            if value != value or value in (float("inf"), float("-inf")):
+            if number != number or number in (float("inf"), float("-inf")):
                 raise QuerySyntaxError(f"Invalid numeric literal '{node.val}'.")
             return node, _p(DOUBLE if "e" in node.val.lower() else DECIMAL)
         if isinstance(node, ast.String):
@@ -392,7 +392,7 @@ class Binder:
             raise QuerySyntaxError("The left operand for the IN operation is not a single value. IN operations "
                                    "require the left operand to be a single value and the right operand to be a "
                                    "collection value.")
-        items: list[ast._Node] = []
+        items: list[Any] = []
         for item in node.right.val:
             bound, item_type = self.bind(item)
             if left_type is not None and left_type.name == GUID and isinstance(bound, ast.String) and _is_guid(
