@@ -162,6 +162,15 @@ FILTER_CASES: list[FilterCase] = [
     ("alias in LastXHours", "account", "Microsoft.Dynamics.CRM.LastXHours(PropertyName=@p1,PropertyValue=@p2)",
      {"@p1": "'modifiedon'", "@p2": "12"},
      lambda r, c: r["modifiedon"] >= datetime.now(UTC).replace(tzinfo=None) - timedelta(hours=12, minutes=1)),
+    ("query function inside a lambda", "account",
+     "contact_customer_accounts/any(c: Microsoft.Dynamics.CRM.In(PropertyName='jobtitle',PropertyValues=[\"Buyer\"]))",
+     {}, lambda r, c: r["accountid"] in c["accounts_with_buyer"]),
+    ("Between with an alias for the array", "account",
+     "Microsoft.Dynamics.CRM.Between(PropertyName='numberofemployees',PropertyValues=@range)",
+     {"@range": '["100","1200"]'},
+     lambda r, c: r["numberofemployees"] is not None and 100 <= r["numberofemployees"] <= 1200),
+    ("EqualUserId by the lookup's column name", "account", "Microsoft.Dynamics.CRM.NotEqualUserId(PropertyName='ownerid')",
+     {}, lambda r, c: r["_ownerid_value"] is not None and r["_ownerid_value"] != c["caller_id"]),
     ("products by type", "product", "producttypecode eq 1 and price gt 100", {},
      lambda r, c: r["producttypecode"] == 1 and r["price"] is not None and r["price"] > 100),
 ]
@@ -184,7 +193,9 @@ def filter_context(sandbox, dv: requests.Session, primary_contacts: dict[str, st
     first_contact = by_id[next(iter(primary_contacts.values()))]
     buyer_accounts = {c["_parentcustomerid_value"] for c in contacts
                       if c["parentcustomerid_type"] == "account" and _ci(c["jobtitle"]) == "buyer"}
+    caller = dv.get(f"{sandbox.api}/WhoAmI").json()["UserId"]
     return {
+        "caller_id": caller,
         "max_modified": max_modified,
         "max_modified_z": utc.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
         "max_modified_plus5": plus5.isoformat(timespec="milliseconds"),
@@ -248,6 +259,17 @@ def test_keyword_prefixed_unknown_column_is_a_property_error(sandbox, dv: reques
     assert resp.status_code == 400
     assert resp.json()["error"]["message"] == (
         "Could not find a property named 'nullcount' on type 'Microsoft.Dynamics.CRM.account'.")
+
+
+@pytest.mark.parametrize("expression", [
+    "not Microsoft.Dynamics.CRM.In(PropertyName='customertypecode',PropertyValues=[\"3\"])",
+    "not (statecode eq 0 and Microsoft.Dynamics.CRM.Today(PropertyName='createdon'))",
+])
+def test_not_cannot_wrap_a_query_function(sandbox, dv: requests.Session, expression: str) -> None:
+    resp = dv.get(f"{sandbox.api}/accounts", params={"$filter": expression})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["message"] == (
+        "Not operator along with the Custom Named Condition operators is not allowed")
 
 
 # -- $select, $orderby, $top, $count ---------------------------------------------------------------

@@ -98,7 +98,7 @@ class DataverseFilters(FilterDialect):
             raise QuerySyntaxError(f"Could not find a function named '{full_name}' with parameters '{names}'.")
         for param, expected in declared.items():
             given[param] = self._parameter(binder, given[param], expected)
-        return binder.bind(self.expand(name, given, binder.entity))
+        return binder.bind(self.expand(name, given, binder))
 
     @staticmethod
     def _parameter(binder: Binder, value: ast._Node, expected: str) -> ast._Node:
@@ -116,9 +116,11 @@ class DataverseFilters(FilterDialect):
         raise cannot_convert(EdmType(_type_name(binder, value)), expected)
 
     # -- expansion into standard nodes ---------------------------------------------------------------
-    def expand(self, fn: str, args: dict[str, ast._Node], entity: EntityType) -> ast._Node:
-        prop = self._property(args["PropertyName"], entity)
-        column = ast.Identifier(prop.name)
+    def expand(self, fn: str, args: dict[str, ast._Node], binder: Binder) -> ast._Node:
+        prop = self._property(args["PropertyName"], binder.entity)
+        variable = binder.range_variable  # inside any()/all() the column belongs to the lambda variable
+        column: ast._Node = ast.Identifier(prop.name) if variable is None else ast.Attribute(
+            ast.Identifier(variable), prop.name)
         if fn in _LISTS:
             values: list[Any] = [self._literal(prop, v) for v in _items(args["PropertyValues"])]
             if not values:
@@ -136,7 +138,7 @@ class DataverseFilters(FilterDialect):
             value = self.user_id if "User" in fn else self.business_unit_id
             comparator = ast.NotEq() if fn.startswith("Not") else ast.Eq()
             return ast.Compare(comparator, column, ast.GUID(value) if value else ast.Null())
-        return self._date_function(fn, prop, args.get("PropertyValue"))
+        return self._date_function(fn, prop, column, args.get("PropertyValue"))
 
     def _property(self, name_node: ast._Node, entity: EntityType) -> Property:
         name = name_node.val if isinstance(name_node, ast.String) else ""
@@ -181,7 +183,7 @@ class DataverseFilters(FilterDialect):
             return ast.DateTime(text)
         return ast.String(text)
 
-    def _date_function(self, fn: str, prop: Property, value: ast._Node | None) -> ast._Node:
+    def _date_function(self, fn: str, prop: Property, column: ast._Node, value: ast._Node | None) -> ast._Node:
         if prop.type not in (Edm.DateTimeOffset, Edm.Date):
             raise QuerySyntaxError(f"The query function {fn} requires a date and time column.")
         now = self.now().replace(tzinfo=None)
@@ -207,7 +209,7 @@ class DataverseFilters(FilterDialect):
             "NextWeek": (week + 7 * day, week + 14 * day),
         }
         if fn in fixed:
-            return _range(prop, *fixed[fn])
+            return _range(prop, column, *fixed[fn])
         if fn in _DAY_VALUE:
             assert isinstance(value, ast.String)
             try:
@@ -215,10 +217,10 @@ class DataverseFilters(FilterDialect):
             except ValueError:
                 raise QuerySyntaxError(f"The value '{value.val}' is not a valid date.") from None
             if fn == "On":
-                return _range(prop, day_start, day_start + day)
+                return _range(prop, column, day_start, day_start + day)
             if fn == "OnOrAfter":
-                return _range(prop, day_start, None)
-            return _range(prop, None, day_start + day)
+                return _range(prop, column, day_start, None)
+            return _range(prop, column, None, day_start + day)
         assert isinstance(value, ast.Integer)
         n = int(value.val)
         if n < 0:
@@ -238,10 +240,10 @@ class DataverseFilters(FilterDialect):
         except (OverflowError, ValueError):
             raise QuerySyntaxError(f"The value '{n}' of PropertyValue is out of range for {fn}.") from None
         if kind == "Last":  # up to and including now
-            return _range(prop, back, None)
+            return _range(prop, column, back, None)
         if kind == "Next":
-            return _range(prop, now, forward)
-        return _range(prop, None, back)
+            return _range(prop, column, now, forward)
+        return _range(prop, column, None, back)
 
 
 def _is_query_function(node: ast._Node) -> bool:
@@ -259,8 +261,7 @@ def _items(node: ast._Node) -> list[ast._Node]:
     return list(node.val) if isinstance(node, ast.List) else []
 
 
-def _range(prop: Property, lo: datetime | None, hi: datetime | None) -> ast._Node:
-    column = ast.Identifier(prop.name)
+def _range(prop: Property, column: ast._Node, lo: datetime | None, hi: datetime | None) -> ast._Node:
     terms: list[ast._Node] = []
     if lo is not None:
         terms.append(ast.Compare(ast.GtE(), column, _moment(prop, lo)))

@@ -357,6 +357,9 @@ class Binder:
                 (left_type is None and right_type is not None and right_type.kind in ("entity", "enum"))
                 or (right_type is None and left_type is not None and left_type.kind in ("entity", "enum"))):
             return left, right
+        if left_type is not None and right_type is not None and left_type.kind == right_type.kind == "entity":
+            raise UnsupportedQuery("Comparing two navigation properties is not supported in $filter by the sandbox; "
+                                   "compare their lookup values.")
         if left_type is not None and right_type is not None and left_type.kind == right_type.kind == "enum":
             if left_type.name == right_type.name:
                 return left, right
