@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mockservers.bc.tables import build_schema, company_scoped
+from mockservers.bc.tables import build_schema, company_scoped, entity_info
 from mockservers.odata.csdl import enum_spellings, xml_name
 from mockservers.odata.schema import AlternateKey, Edm, EntityType, Schema
 
@@ -59,15 +59,17 @@ def entity_of(schema: Schema, set_name: str) -> EntityType:
 # -- declarations -------------------------------------------------------------------------------
 
 ENTITIES = [
-    # entity name, set name, caption, extra expected (subset)
-    ("customer", "customers", "Customer", {"number_series": "C", "webhooks": True, "required_on_create": ["displayName"]}),
-    ("vendor", "vendors", "Vendor", {"number_series": "V", "webhooks": True, "required_on_create": ["displayName"]}),
-    ("contact", "contacts", "Contact", {"number_series": "CT", "required_on_create": ["displayName"]}),
-    ("item", "items", "Item", {"number_series": "I", "webhooks": True, "required_on_create": ["displayName"]}),
+    # entity name, set name, caption, declared facts expected (subset)
+    ("customer", "customers", "Customer",
+     {"number_series": "C", "webhooks": True, "required_on_create": ("displayName",)}),
+    ("vendor", "vendors", "Vendor", {"number_series": "V", "webhooks": True, "required_on_create": ("displayName",)}),
+    ("contact", "contacts", "Contact", {"number_series": "CT", "required_on_create": ("displayName",)}),
+    ("item", "items", "Item", {"number_series": "I", "webhooks": True, "required_on_create": ("displayName",),
+                               "create_forbidden": ("inventory",)}),
     ("resource", "resources", "Resource", {"number_series": "R", "api_route": "custom"}),
-    ("currency", "currencies", "Currency", {"code_field": "code", "webhooks": True, "required_on_create": ["code"]}),
+    ("currency", "currencies", "Currency", {"code_field": "code", "webhooks": True, "required_on_create": ("code",)}),
     ("salespersonPurchaser", "salespeoplePurchasers", "Salesperson/Purchaser",
-     {"code_field": "code", "required_on_create": ["code"]}),
+     {"code_field": "code", "required_on_create": ("code",)}),
     ("unitOfMeasure", "unitsOfMeasure", "Unit of Measure", {"code_field": "code", "webhooks": True}),
     ("paymentTerm", "paymentTerms", "Payment Terms", {"code_field": "code", "webhooks": True}),
     ("shipmentMethod", "shipmentMethods", "Shipment Method", {"code_field": "code", "webhooks": True}),
@@ -91,9 +93,9 @@ def test_entity_sets_are_exactly_the_declared_ones(schema: Schema) -> None:
     assert {e.set_name for e in schema} == {s for _, s, _, _ in ENTITIES} | {"companies"}
 
 
-@pytest.mark.parametrize(("name", "set_name", "caption", "extra"), ENTITIES)
+@pytest.mark.parametrize(("name", "set_name", "caption", "facts"), ENTITIES)
 def test_company_scoped_entity_conventions(
-    schema: Schema, name: str, set_name: str, caption: str, extra: dict[str, Any]
+    schema: Schema, name: str, set_name: str, caption: str, facts: dict[str, Any]
 ) -> None:
     entity = entity_of(schema, set_name)
     assert entity.name == name
@@ -109,16 +111,18 @@ def test_company_scoped_entity_conventions(
     assert entity.modified_on == "lastModifiedDateTime"
     modified = entity.property("lastModifiedDateTime")
     assert modified.type is Edm.DateTimeOffset and modified.read_only and not modified.hidden
-    assert entity.extra["caption"] == caption
-    for extra_key, value in extra.items():
-        assert entity.extra[extra_key] == value, extra_key
-    assert bool(entity.extra.get("webhooks")) == (set_name in WEBHOOK_SETS)
-    assert (entity.extra.get("api_route") == "custom") == (set_name == "resources")
-    if "number_series" in entity.extra:
+    info = entity_info(entity)
+    assert info.caption == caption
+    for fact, value in facts.items():
+        assert getattr(info, fact) == value, fact
+    assert info.webhooks == (set_name in WEBHOOK_SETS)
+    assert (info.api_route == "custom") == (set_name == "resources")
+    assert not info.read_only
+    if info.number_series is not None:
         assert [(k.name, k.properties) for k in entity.alternate_keys] == [("number", ("number",))]
     else:
         assert [(k.name, k.properties) for k in entity.alternate_keys] == [("code", ("code",))]
-        assert entity.extra["required_on_create"] == ["code"]
+        assert info.required_on_create == ("code",)
 
 
 def test_company_is_a_read_only_root_entity(schema: Schema) -> None:
@@ -134,6 +138,7 @@ def test_company_is_a_read_only_root_entity(schema: Schema) -> None:
     assert [(p.name, p.type, p.max_length) for p in company.properties] == expected
     assert all(p.read_only and not p.hidden for p in company.properties)
     assert company.version_property is None  # BC sends no @odata.etag on company rows
+    assert entity_info(company).read_only and entity_info(company).caption == "Company"
 
 
 # Property tables from the reference, §2: name, EDM type, max length, kind, read-only.
@@ -271,7 +276,7 @@ def test_navigations_point_at_declared_entities_through_guid_properties(schema: 
 
 def test_code_references_name_declared_code_fields(schema: Schema) -> None:
     for entity in company_scoped(schema):
-        for prop_name, (target, field) in entity.extra.get("code_references", {}).items():
+        for prop_name, (target, field) in entity_info(entity).code_references.items():
             assert entity.property(prop_name).kind == "Code"
             assert schema.entity(target).property(field).kind == "Code"
 
@@ -388,9 +393,9 @@ def test_fixture_records_are_valid_create_requests(schema: Schema, seed: dict[st
                 for name, value in record.items():
                     assert name == "id" or entity.writable(name), f"{where}: {name} is not writable"
                     _check_value(entity, name, value, f"{where}.{name}")
-                for required in entity.extra["required_on_create"]:
+                for required in entity_info(entity).required_on_create:
                     assert record.get(required), f"{where}: {required} missing"
-                alt = "number" if "number_series" in entity.extra else "code"
+                alt = "number" if entity_info(entity).number_series else "code"
                 assert record[alt] not in numbers_or_codes, f"{where}: duplicate {alt}"
                 numbers_or_codes.add(record[alt])
                 _check_references(schema, entity, record, defined, where)
@@ -410,7 +415,7 @@ def _check_references(
         twin = nav.via[:-2] + "Code"
         if twin in record:
             assert record[twin] == row["code"], f"{where}: {twin} disagrees with {nav.via}"
-    for prop_name, (target_name, field) in entity.extra.get("code_references", {}).items():
+    for prop_name, (target_name, field) in entity_info(entity).code_references.items():
         if not record.get(prop_name):
             continue
         target = schema.entity(target_name)

@@ -16,6 +16,7 @@ from mockservers.dataverse.metadata import (
     one_to_many_relationships,
 )
 from mockservers.dataverse.metadata_query import MetadataQuery
+from mockservers.dataverse.tables import DataverseTable
 from mockservers.odata.schema import (
     AlternateKey,
     Edm,
@@ -73,6 +74,7 @@ def build_schema() -> Schema:
         ],
         alternate_keys=[AlternateKey("AccountNumberKey", ("accountnumber",), display_name="Account Number")],
         change_tracking=True,
+        info=DataverseTable("Account", "Accounts", "Accounts", object_type_code=1),
     )
     contact = EntityType(
         name="contact",
@@ -107,6 +109,7 @@ def build_schema() -> Schema:
                 "contact_customer_contacts", "contact", collection=True, via="_parentcustomerid_value"
             ),
         ],
+        info=DataverseTable("Contact", "Contacts", "Contacts", object_type_code=2),
     )
     company = EntityType(
         name="bcbi_company",

@@ -16,11 +16,13 @@ from typing import Any
 import pytest
 
 from mockservers.dataverse.tables import (
+    DataverseTable,
     bind_navigation,
     build_schema,
     computed_values,
     default_status,
     load_customizations,
+    table_info,
 )
 from mockservers.odata.schema import AlternateKey, Edm, EntityType, Schema
 
@@ -84,7 +86,8 @@ def test_table_identity(
         "modifiedon",
         "createdon",
     )
-    assert entity.extra["schema_name"] and entity.extra["collection_schema_name"]
+    assert isinstance(entity.info, DataverseTable)
+    assert entity.info.schema_name and entity.info.collection_schema_name
 
 
 @pytest.mark.parametrize("name", [t[0] for t in TABLES])
@@ -284,7 +287,7 @@ def test_required_columns(schema: Schema, table: str, required: set[str]) -> Non
     entity = schema.entity(table)
     assert entity is not None
     assert {p.name for p in entity.properties if p.required} == required
-    levels = entity.extra["required_levels"]
+    levels = table_info(entity).required_levels
     assert {k if entity.property(k) else f"_{k}_value" for k in levels} == required
     assert set(levels.values()) <= {"SystemRequired", "ApplicationRequired"}
 

@@ -25,7 +25,7 @@ from ..odata.storage import Row, Store, utcnow
 from ..odata.values import parse_guid, to_stored
 from . import exceptions as exc
 from .exceptions import BCError
-from .tables import build_schema
+from .tables import build_schema, entity_info
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
@@ -96,6 +96,11 @@ class BCBackend:
             raise KeyError(name)
         return entity
 
+    def supports_webhooks(self, set_name: str) -> bool:
+        """Whether BC lists the entity set as one a subscription may watch."""
+        entity = self.schema.by_set(set_name)
+        return entity is not None and entity_info(entity).webhooks
+
     # -- reads --------------------------------------------------------------------------------
     def get(self, conn: Connection, entity: EntityType, company_id: str | None, key: str) -> Row | None:
         return self.store.get(conn, entity, key, company_id)
@@ -162,7 +167,7 @@ class BCBackend:
             values[name] = self._convert(entity, prop, value)
         self._required(entity, values, creating=creating)
         if creating:
-            for name in entity.extra.get("create_forbidden", []):
+            for name in entity_info(entity).create_forbidden:
                 if name in values:
                     raise BCError(400, "Application_DialogException",
                                   f'The "{name}" cannot be set when the record is created.')
@@ -173,7 +178,7 @@ class BCBackend:
         return values
 
     def _required(self, entity: EntityType, values: dict[str, Any], *, creating: bool) -> None:
-        for name in entity.extra.get("required_on_create", []):
+        for name in entity_info(entity).required_on_create:
             if creating and not values.get(name):
                 raise BCError(400, "Application_DialogException", f'A "{name}" must be provided.')
             if not creating and name in values and not values[name]:
@@ -187,7 +192,7 @@ class BCBackend:
                 continue
             target = self.entity(nav.target)
             code_prop = nav.via[:-2] + "Code" if nav.via.endswith("Id") else None
-            code_field = target.extra.get("code_field", "code")
+            code_field = entity_info(target).code_field or "code"
             has_code = code_prop is not None and entity.property(code_prop) is not None and target.property(code_field)
             table = self.store.table(target)
             if nav.via in values:
@@ -199,7 +204,7 @@ class BCBackend:
                 row = self.store.get(conn, target, ref, company_id)
                 if row is None:
                     raise BCError(400, "Application_DialogException",
-                                  f'The "{nav.via}" does not match to a {target.extra.get("caption", target.name)}.')
+                                  f'The "{nav.via}" does not match to a {entity_info(target).caption}.')
                 if has_code:
                     values[code_prop] = row[code_field]
             elif has_code and code_prop in values:
@@ -212,12 +217,12 @@ class BCBackend:
                     table.c[code_field] == code, table.c.companyId == company_id)).mappings().first()
                 if row is None:
                     raise BCError(400, "Application_DialogException",
-                                  f'The "{code_prop}" does not match to a {target.extra.get("caption", target.name)}.')
+                                  f'The "{code_prop}" does not match to a {entity_info(target).caption}.')
                 values[nav.via] = row[target.key]
 
     def _code_references(self, conn: Connection, entity: EntityType, company_id: str, values: dict[str, Any]) -> None:
         """Code fields with a table relation (salespersonCode, country, …) must name an existing row."""
-        for name, (target_name, field_name) in entity.extra.get("code_references", {}).items():
+        for name, (target_name, field_name) in entity_info(entity).code_references.items():
             code = values.get(name)
             if not code:
                 continue
@@ -226,8 +231,8 @@ class BCBackend:
             found = conn.execute(sa.select(table.c[target.key]).where(
                 table.c[field_name] == code, table.c[target.scope_property] == company_id).limit(1)).first()
             if found is None:
-                caption = entity.extra.get("caption", entity.name)
-                related = target.extra.get("caption", target.name)
+                caption = entity_info(entity).caption
+                related = entity_info(target).caption
                 raise BCError(400, "Application_DialogException",
                               f"The field {name} of table {caption} contains a value ({code}) that cannot be found "
                               f"in the related table ({related}).")
@@ -238,7 +243,7 @@ class BCBackend:
                 continue
             if prop.default is not None:
                 values[prop.name] = self._convert(entity, prop, prop.default)
-        series = entity.extra.get("number_series")
+        series = entity_info(entity).number_series
         if series is not None and not values.get("number"):
             values["number"] = self._next_number(conn, entity, company_id, series)
 
@@ -265,7 +270,7 @@ class BCBackend:
         try:
             return self.store.insert(conn, entity, values, company_id)
         except engine.ODataError as error:
-            raise exc.from_engine(error, entity, entity.extra.get("caption"), values) from error
+            raise exc.from_engine(error, entity, entity_info(entity).caption, values) from error
 
     def update(self, conn: Connection, entity: EntityType, company_id: str, key: str, body: Any, *,
                if_version: int | None) -> Row:
@@ -276,7 +281,7 @@ class BCBackend:
         try:
             return self.store.update(conn, entity, key, values, if_version=if_version, scope=company_id)
         except engine.ODataError as error:
-            raise exc.from_engine(error, entity, entity.extra.get("caption"), {**existing, **values}) from error
+            raise exc.from_engine(error, entity, entity_info(entity).caption, {**existing, **values}) from error
 
     def delete(self, conn: Connection, entity: EntityType, company_id: str, key: str, *,
                if_version: int | None) -> Row:

@@ -28,6 +28,7 @@ from .exceptions import BCError
 from .filters import BCFilters
 from .models import BCBackend, Company
 from .serializer import BCSerializer, parse_bc_etag
+from .tables import entity_info
 from .webhooks import WebhookError
 
 STANDARD_API = ("v2.0",)
@@ -128,7 +129,7 @@ class BCService:
         for entity in self.schema:
             if entity.name == "company":
                 continue
-            is_custom = entity.extra.get("api_route") == "custom"
+            is_custom = entity_info(entity).api_route == "custom"
             if is_custom == route.custom:
                 sets[entity.set_name] = entity
         return sets
@@ -378,7 +379,7 @@ class BCService:
             raise exc.bad_request("Invalid Request Body") from None
 
     def _changed(self, entity: EntityType, company: Company, row: Row, change: str, prefix: str) -> None:
-        if self.webhooks is None or not entity.extra.get("webhooks"):
+        if self.webhooks is None or not entity_info(entity).webhooks:
             return
         hooks = self.webhooks
 

@@ -12,11 +12,11 @@ declarations, so the conventions below matter (the app and the connector rely on
   *unescaped* (``" "``, ``"Non-Inventory"``); the wire form (``_x0020_``) is the app's business;
 - a GUID reference (``currencyId``) is a plain ``Edm.Guid``; the single-valued navigation that
   expands it names it as ``via``; its Code twin (``currencyCode``) is kept in step by the app;
-- ``extra`` per entity: ``caption`` (the BC table caption used in error texts),
-  ``number_series`` (prefix of server-assigned numbers), ``code_field`` (code-keyed setup
-  tables), ``webhooks`` (BC lists the set as webhook-supported), ``required_on_create``,
-  ``code_references`` (Code fields that name a row of another entity by its code/number, which BC
-  checks through table relations), ``api_route`` (``"custom"`` for the custom-API ``resources``).
+- what BC knows about an entity beyond its fields lives in one :class:`BCEntity` (``EntityType.info``,
+  read through :func:`entity_info`): the table caption used in error texts, the number series of
+  server-assigned numbers, the code field of code-keyed setup tables, webhook support, the fields
+  required on create or forbidden on create, Code fields that name a row of another entity
+  (checked through table relations), the API route, and whether the set is read-only.
 
 Facts (lengths, enum members, read-only flags) come from the BC base tables and API pages.
 ``build_schema`` returns new objects on every call because apps mutate their schema.
@@ -24,9 +24,9 @@ Facts (lengths, enum members, read-only flags) come from the BC base tables and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
 from mockservers.odata.schema import (
     AlternateKey,
@@ -40,6 +40,31 @@ from mockservers.odata.schema import (
 )
 
 NAMESPACE = "Microsoft.NAV"
+
+
+@dataclass(frozen=True)
+class BCEntity:
+    """BC's facts about one entity beyond its fields (API page and base-table rules)."""
+
+    caption: str  # the BC table caption, as error texts name it
+    number_series: str | None = None  # prefix of server-assigned numbers (`number`)
+    code_field: str | None = None  # the key field of code-keyed setup tables
+    # BC lists the set as webhook-supported
+    # (https://learn.microsoft.com/en-us/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions)
+    webhooks: bool = False
+    required_on_create: tuple[str, ...] = ()
+    create_forbidden: tuple[str, ...] = ()  # writable later, refused on POST (item inventory)
+    # Code field -> (entity, field) it must name a row of, as the base table's TableRelation says.
+    code_references: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    api_route: Literal["standard", "custom"] = "standard"
+    read_only: bool = False  # the set accepts GET only (companies)
+
+
+def entity_info(entity: EntityType) -> BCEntity:
+    """The typed BC facts of ``entity`` (a caption from its display name for hand-built entities)."""
+    if isinstance(entity.info, BCEntity):
+        return entity.info
+    return BCEntity(caption=entity.display_name or entity.name)
 
 # -- enums --------------------------------------------------------------------------------------
 
@@ -152,21 +177,6 @@ def _system_columns() -> list[Property]:
 
 # -- entity assembly ----------------------------------------------------------------------------
 
-WEBHOOK_SETS = frozenset(
-    {
-        "customers",
-        "vendors",
-        "items",
-        "currencies",
-        "paymentTerms",
-        "paymentMethods",
-        "shipmentMethods",
-        "unitsOfMeasure",
-        "countriesRegions",
-    }
-)
-
-
 @dataclass
 class _Entity:
     """Collects one company-scoped entity; ``build`` adds the shared columns and conventions."""
@@ -178,8 +188,10 @@ class _Entity:
     navigations: list[Navigation] = field(default_factory=list)
     number_series: str | None = None
     code_keyed: bool = False
+    webhooks: bool = False
     code_references: dict[str, tuple[str, str]] = field(default_factory=dict)
-    extra: dict[str, Any] = field(default_factory=dict)
+    create_forbidden: tuple[str, ...] = ()
+    api_route: Literal["standard", "custom"] = "standard"
 
     def build(self) -> EntityType:
         properties = [key(), *self.properties, *_system_columns()]
@@ -187,21 +199,27 @@ class _Entity:
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"{self.name}: declared twice: {duplicates}")
-        extra: dict[str, Any] = {"caption": self.caption}
         alternate_keys: list[AlternateKey] = []
+        required: tuple[str, ...] = ()
         if self.number_series is not None:
-            extra["number_series"] = self.number_series
-            extra["required_on_create"] = ["displayName"]
+            required = ("displayName",)
             alternate_keys.append(AlternateKey("number", ("number",)))
         if self.code_keyed:
-            extra["code_field"] = "code"
-            extra["required_on_create"] = ["code"]
+            required = ("code",)
             alternate_keys.append(AlternateKey("code", ("code",)))
-        if self.set_name in WEBHOOK_SETS:
-            extra["webhooks"] = True
-        if self.code_references:
-            extra["code_references"] = dict(self.code_references)
-        extra.update(self.extra)
+        info = BCEntity(
+            caption=self.caption,
+            number_series=self.number_series,
+            code_field="code" if self.code_keyed else None,
+            webhooks=self.webhooks,
+            required_on_create=required,
+            create_forbidden=self.create_forbidden,
+            code_references=dict(self.code_references),
+            api_route=self.api_route,
+        )
+        for name in [*required, *self.create_forbidden, *self.code_references]:
+            if name not in names:
+                raise ValueError(f"{self.name}: {name!r} names no declared field")
         return EntityType(
             name=self.name,
             set_name=self.set_name,
@@ -215,7 +233,7 @@ class _Entity:
             modified_on="lastModifiedDateTime",
             created_on="systemCreatedAt",
             scope_property="companyId",
-            extra=extra,
+            info=info,
         )
 
 
@@ -241,7 +259,7 @@ def _company() -> EntityType:
         display_name="Company",
         modified_on="systemModifiedAt",
         created_on="systemCreatedAt",
-        extra={"caption": "Company", "read_only_set": True},
+        info=BCEntity(caption="Company", read_only=True),
     )
 
 
@@ -283,6 +301,7 @@ def _customer() -> EntityType:
             reference("paymentMethod", "paymentMethod", "paymentMethodId"),
         ],
         number_series="C",
+        webhooks=True,
         code_references={"salespersonCode": _SALESPERSON_REF, "country": _COUNTRY_REF},
     ).build()
 
@@ -315,6 +334,7 @@ def _vendor() -> EntityType:
             reference("paymentMethod", "paymentMethod", "paymentMethodId"),
         ],
         number_series="V",
+        webhooks=True,
         code_references={"country": _COUNTRY_REF},
     ).build()
 
@@ -381,7 +401,8 @@ def _item() -> EntityType:
             reference("unitOfMeasure", "unitOfMeasure", "baseUnitOfMeasureId"),
         ],
         number_series="I",
-        extra={"create_forbidden": ["inventory"]},
+        webhooks=True,
+        create_forbidden=("inventory",),
     ).build()
 
 
@@ -401,7 +422,7 @@ def _resource() -> EntityType:
         ],
         number_series="R",
         code_references={"baseUnitOfMeasureCode": ("unitOfMeasure", "code")},
-        extra={"api_route": "custom"},
+        api_route="custom",
     ).build()
 
 
@@ -418,6 +439,7 @@ def _currency() -> EntityType:
             decimal("amountRoundingPrecision"),
         ],
         code_keyed=True,
+        webhooks=True,
     ).build()
 
 
@@ -453,6 +475,7 @@ def _unit_of_measure() -> EntityType:
             text("symbol", 10),
         ],
         code_keyed=True,
+        webhooks=True,
     ).build()
 
 
@@ -471,6 +494,7 @@ def _payment_term() -> EntityType:
             boolean("calculateDiscountOnCreditMemos"),
         ],
         code_keyed=True,
+        webhooks=True,
     ).build()
 
 
@@ -481,6 +505,7 @@ def _shipment_method() -> EntityType:
         "Shipment Method",
         [code("code", 10), text("displayName", 100)],
         code_keyed=True,
+        webhooks=True,
     ).build()
 
 
@@ -491,6 +516,7 @@ def _payment_method() -> EntityType:
         "Payment Method",
         [code("code", 10), text("displayName", 100)],
         code_keyed=True,
+        webhooks=True,
     ).build()
 
 
@@ -501,6 +527,7 @@ def _country_region() -> EntityType:
         "Country/Region",
         [code("code", 10), text("displayName", 50), choice("addressFormat", ADDRESS_FORMAT)],
         code_keyed=True,
+        webhooks=True,
     ).build()
 
 

@@ -15,39 +15,12 @@ from typing import Any
 
 from mockservers.odata.schema import Edm, EntityType, Navigation, OptionSet, Property, Schema
 
+from .tables import is_custom_name, schema_name, table_info
+
 CRM = "Microsoft.Dynamics.CRM"
 LANGUAGE_CODE = 1033
 _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://bc-dataverse-sandbox.invalid/dataverse/metadata")
 _LOOKUP_COLUMN = re.compile(r"^_(?P<name>.+)_value$")
-# Publisher prefixes this sandbox declares (BC's integration solution, the default and generated ones).
-_CUSTOM_PREFIX = re.compile(r"^(?:bcbi|new|cr[0-9a-z]{3})_")
-
-# Standard tables keep the type codes the real service gives them; others get a stable custom code.
-_KNOWN_TYPE_CODES = {
-    "account": 1,
-    "contact": 2,
-    "systemuser": 8,
-    "team": 9,
-    "businessunit": 10,
-    "organization": 1019,
-    "pricelevel": 1022,
-    "product": 1024,
-    "uom": 1055,
-    "uomschedule": 1056,
-    "transactioncurrency": 9105,
-}
-_KNOWN_SCHEMA_NAMES = {
-    "account": "Account",
-    "contact": "Contact",
-    "systemuser": "SystemUser",
-    "team": "Team",
-    "businessunit": "BusinessUnit",
-    "pricelevel": "PriceLevel",
-    "product": "Product",
-    "uom": "UoM",
-    "uomschedule": "UoMSchedule",
-    "transactioncurrency": "TransactionCurrency",
-}
 
 
 class MetadataError(Exception):
@@ -89,28 +62,10 @@ def managed(value: Any, logical_name: str, can_be_changed: bool = True) -> dict[
     return {"Value": value, "CanBeChanged": can_be_changed, "ManagedPropertyLogicalName": logical_name}
 
 
-def is_custom_name(logical_name: str) -> bool:
-    """Custom tables and columns carry a publisher prefix (``bcbi_company``); system ones do not."""
-    return bool(_CUSTOM_PREFIX.match(logical_name))
-
-
-def schema_name(logical_name: str) -> str:
-    """SchemaName for a logical name: the real casing for known tables, else prefix-preserving title case."""
-    if logical_name in _KNOWN_SCHEMA_NAMES:
-        return _KNOWN_SCHEMA_NAMES[logical_name]
-    if is_custom_name(logical_name):
-        prefix, rest = logical_name.split("_", 1)
-        return f"{prefix}_{rest[:1].upper()}{rest[1:]}"
-    return logical_name[:1].upper() + logical_name[1:]
-
-
 def object_type_code(entity: EntityType) -> int:
-    """The real code for standard tables; a stable 10000+ code derived from the name otherwise."""
-    if "object_type_code" in entity.extra:
-        return int(entity.extra["object_type_code"])
-    if entity.name in _KNOWN_TYPE_CODES:
-        return _KNOWN_TYPE_CODES[entity.name]
-    return 10000 + zlib.crc32(entity.name.encode()) % 90000
+    """The declared code of standard tables; a stable 10000+ code derived from the name otherwise."""
+    code = table_info(entity).object_type_code
+    return code if code is not None else 10000 + zlib.crc32(entity.name.encode()) % 90000
 
 
 def attribute_name(prop: Property) -> str:
@@ -153,16 +108,16 @@ ENTITY_NAVIGATIONS = (
 def entity_definition(entity: EntityType) -> dict[str, Any]:
     """EntityMetadata for one table (structural properties only; navigations come from ``$expand``)."""
     entity_id = metadata_id("entity", entity.name)
+    info = table_info(entity)
     display = entity.display_name or entity.name.replace("_", " ").title()
-    display_plural = entity.extra.get("display_collection_name") or f"{display}s"
-    custom = bool(entity.extra.get("custom", is_custom_name(entity.name)))
+    custom = is_custom_name(entity.name)
     return {
         "MetadataId": entity_id,
         "LogicalName": entity.name,
-        "SchemaName": entity.extra.get("schema_name") or schema_name(entity.name),
+        "SchemaName": info.schema_name,
         "EntitySetName": entity.set_name,
-        "LogicalCollectionName": entity.extra.get("logical_collection_name") or entity.set_name,
-        "CollectionSchemaName": entity.extra.get("collection_schema_name") or schema_name(entity.name) + "s",
+        "LogicalCollectionName": entity.set_name,
+        "CollectionSchemaName": info.collection_schema_name,
         "PrimaryIdAttribute": entity.key,
         "PrimaryNameAttribute": entity.primary_name,
         "PrimaryImageAttribute": None,
@@ -186,8 +141,8 @@ def entity_definition(entity: EntityType) -> dict[str, Any]:
         "EntityColor": None,
         "IntroducedVersion": "1.0" if custom else "5.0.0.0",
         "DisplayName": label(display, entity_id, "displayname"),
-        "DisplayCollectionName": label(display_plural, entity_id, "displaycollectionname"),
-        "Description": label(entity.extra.get("description"), entity_id, "description"),
+        "DisplayCollectionName": label(info.display_collection_name, entity_id, "displaycollectionname"),
+        "Description": label(info.description, entity_id, "description"),
     }
 
 

@@ -24,11 +24,9 @@ from ..odata.urlpath import KeyPredicate, parse_key, split_path
 from ..odata.values import parse_guid, to_stored
 from . import exceptions as exc
 from .exceptions import DataverseError
-from .tables import bind_navigation, build_schema, computed_values, default_status
+from .tables import bind_navigation, build_schema, computed_values, default_status, table_info
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
-SYSTEM_SETS = ("businessunits", "transactioncurrencies", "systemusers", "teams", "uomschedules", "uoms",
-               "bcbi_companies")
 
 
 @dataclass
@@ -243,7 +241,7 @@ class DataverseBackend:
             return
         if value is None:
             nav = entity.navigation(nav_name)
-            aliases = entity.extra.get("bind_aliases", {}).get(nav_name)
+            aliases = table_info(entity).bind_aliases.get(nav_name)
             if nav is None and aliases:
                 for alias in aliases.values():
                     self._set_lookup(entity, entity.navigation(alias), None, values)
@@ -252,7 +250,7 @@ class DataverseBackend:
                 raise exc.bad_request(f"An undeclared property '{nav_name}' was found in the payload.")
             self._set_lookup(entity, nav, None, values)
             return
-        if entity.navigation(nav_name) is None and not entity.extra.get("bind_aliases", {}).get(nav_name):
+        if entity.navigation(nav_name) is None and not table_info(entity).bind_aliases.get(nav_name):
             raise _undeclared_bind(nav_name)  # the payload is rejected before the reference is looked up
         target, row = self.resolve_reference(conn, value)
         nav = self._bind_navigation(entity, nav_name, target)
@@ -400,11 +398,11 @@ class DataverseBackend:
             caller = self.system_caller(conn)
             for table in data.get("tables", []):
                 set_name = table["set"]
-                if system_only and set_name not in SYSTEM_SETS:
-                    continue
                 entity = self.schema.by_set(set_name)
                 if entity is None:
                     raise ValueError(f"fixture {fixture}: unknown entity set {set_name}")
+                if system_only and not table_info(entity).system_rows:
+                    continue
                 for record in table.get("records", []):
                     key = record.get(entity.key)
                     if key and self.store.get(conn, entity, key) is not None:

@@ -14,6 +14,7 @@ from ..odata.query import ExpandItem
 from ..odata.schema import Edm, EntityType, Property, Schema
 from ..odata.storage import Row, Store
 from ..odata.values import to_json
+from .tables import table_info
 
 FORMATTED = "OData.Community.Display.V1.FormattedValue"
 NAV_ANNOTATION = "Microsoft.Dynamics.CRM.associatednavigationproperty"
@@ -176,7 +177,7 @@ class Serializer:
                 record[f"{prop.name}@{FORMATTED}"] = formatted
             if nav_name and annotations.wants(NAV_ANNOTATION):
                 nav_public = prop.lookup
-                aliases = entity.extra.get("bind_aliases", {}).get(prop.lookup)
+                aliases = table_info(entity).bind_aliases.get(prop.lookup)
                 record[f"{prop.name}@{NAV_ANNOTATION}"] = nav_public if aliases else nav_name
             if target and annotations.wants(LOGICAL_ANNOTATION):
                 record[f"{prop.name}@{LOGICAL_ANNOTATION}"] = target

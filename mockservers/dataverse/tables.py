@@ -8,11 +8,12 @@ Everything else in the Dataverse app (routes, validation, serialization, ``$meta
   that writes it with ``x@odata.bind``; polymorphic lookups (Customer, Owner) store the target table
   in a hidden ``x_type`` column and get one navigation per target (``parentcustomerid_account``);
 - the owner lookup is bound by its column name (``ownerid@odata.bind: /teams(..)``); the table's
-  ``extra["bind_aliases"]`` says which per-target navigation each target table resolves to;
-- ``extra["required_levels"]`` keeps Dataverse's own level (SystemRequired/ApplicationRequired) for
-  every column declared ``required``, keyed by column (lookups by navigation/column name);
-- ``extra["computed"]`` describes server-computed text columns (``fullname``, ``address1_composite``),
-  see :func:`computed_values`.
+  ``bind_aliases`` say which per-target navigation each target table resolves to;
+- everything Dataverse knows about a table beyond its columns lives in one :class:`DataverseTable`
+  (``EntityType.info``, read through :func:`table_info`): schema and collection names, object type
+  code, required levels, computed columns, create-only columns, the SDK messages it supports.
+  ``required_levels`` is the only place a column's requirement is stated; the columns it names are
+  marked ``required`` when the table is built.
 
 Facts (lengths, option values, relationship names) come from the public table reference pages.
 ``build_schema`` returns new objects on every call because apps mutate their schema (alternate keys).
@@ -21,10 +22,11 @@ Facts (lengths, option values, relationship names) come from the public table re
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mockservers.odata.schema import (
     AlternateKey,
@@ -40,19 +42,87 @@ from mockservers.odata.schema import (
 NAMESPACE = "Microsoft.Dynamics.CRM"
 ALIAS = "mscrm"
 
-# CollectionSchemaName and DisplayCollectionName as EntityDefinitions reports them.
-_COLLECTION_NAMES = {
-    "account": ("Accounts", "Accounts"),
-    "contact": ("Contacts", "Contacts"),
-    "product": ("Products", "Products"),
-    "transactioncurrency": ("TransactionCurrencies", "Currencies"),
-    "systemuser": ("SystemUsers", "Users"),
-    "team": ("Teams", "Teams"),
-    "businessunit": ("BusinessUnits", "Business Units"),
-    "uom": ("UoMs", "Units"),
-    "uomschedule": ("UoMSchedules", "Unit Groups"),
-    "bcbi_company": ("bcbi_Companies", "Companies"),
-}
+RequiredLevel = Literal["SystemRequired", "ApplicationRequired", "Recommended"]
+
+# The messages every ordinary table answers (https://learn.microsoft.com/en-us/power-apps/developer/
+# data-platform/reference/entities/account#messages lists them per table).
+STANDARD_MESSAGES = frozenset(
+    {"Create", "Retrieve", "RetrieveMultiple", "Update", "Delete", "Upsert", "Associate", "Disassociate"}
+)
+# Bulk messages; not every standard table supports them, so each table declares its own
+# (https://learn.microsoft.com/en-us/power-apps/developer/data-platform/bulk-operations#availability).
+BULK_MESSAGES = frozenset({"CreateMultiple", "UpdateMultiple", "UpsertMultiple"})
+READ_MESSAGES = frozenset({"Retrieve", "RetrieveMultiple", "Associate", "Disassociate"})
+
+
+@dataclass(frozen=True)
+class Computed:
+    """A server-computed text column: non-empty ``parts`` joined with ``separator``.
+
+    A part is a column name or a tuple of columns that share one line (joined with a space).
+    """
+
+    separator: str
+    parts: tuple[str | tuple[str, ...], ...]
+
+
+@dataclass(frozen=True)
+class DataverseTable:
+    """Dataverse's facts about one table beyond its columns (its EntityMetadata and write rules)."""
+
+    schema_name: str
+    collection_schema_name: str
+    display_collection_name: str
+    # The real code for standard tables; None for custom tables (the metadata layer derives one).
+    object_type_code: int | None = None
+    # Requirement level per attribute (lookups by their attribute name, ``defaultuomid``). Only
+    # SystemRequired is enforced by the platform; ApplicationRequired is for apps to enforce
+    # (https://learn.microsoft.com/en-us/power-apps/developer/data-platform/entity-attribute-metadata#column-requirement-level).
+    required_levels: Mapping[str, RequiredLevel] = field(default_factory=dict)
+    computed: Mapping[str, Computed] = field(default_factory=dict)
+    # Column name bound with ``@odata.bind`` -> {target table: per-target navigation}.
+    bind_aliases: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Attributes valid for create only (IsValidForUpdate = false): an update ignores them.
+    create_only: frozenset[str] = frozenset()
+    # SDK messages the table supports; they become its sdkmessagefilter rows.
+    messages: frozenset[str] = STANDARD_MESSAGES
+    # Rows the org comes with (business units, currencies, users…): seeded into an empty store and
+    # restored by a reset.
+    system_rows: bool = False
+    description: str | None = None
+
+    def supports(self, message: str) -> bool:
+        return message in self.messages
+
+    def required_level(self, attribute: str) -> RequiredLevel | None:
+        return self.required_levels.get(attribute)
+
+
+# Publisher prefixes this sandbox declares (BC's integration solution, the default and generated ones).
+_CUSTOM_PREFIX = re.compile(r"^(?:bcbi|new|cr[0-9a-z]{3})_")
+
+
+def is_custom_name(logical_name: str) -> bool:
+    """Custom tables and columns carry a publisher prefix (``bcbi_company``); system ones do not."""
+    return bool(_CUSTOM_PREFIX.match(logical_name))
+
+
+def schema_name(logical_name: str) -> str:
+    """A SchemaName for a logical name that declares none: prefix-preserving title case."""
+    if is_custom_name(logical_name):
+        prefix, rest = logical_name.split("_", 1)
+        return f"{prefix}_{rest[:1].upper()}{rest[1:]}"
+    return logical_name[:1].upper() + logical_name[1:]
+
+
+def table_info(entity: EntityType) -> DataverseTable:
+    """The typed Dataverse facts of ``entity``: declared, or derived from its names for tables built
+    by hand (tests' schemas)."""
+    if isinstance(entity.info, DataverseTable):
+        return entity.info
+    name = schema_name(entity.name)
+    display = entity.display_name or entity.name.replace("_", " ").title()
+    return DataverseTable(name, name + "s", display + "s")
 
 
 # -- option sets --------------------------------------------------------------------------------
@@ -167,7 +237,6 @@ def string(
     name: str,
     max_length: int,
     *,
-    required: bool = False,
     read_only: bool = False,
     kind: str = "String",
     display_name: str | None = None,
@@ -176,7 +245,6 @@ def string(
         name,
         Edm.String,
         max_length=max_length,
-        required=required,
         read_only=read_only,
         kind=kind,
         display_name=display_name,
@@ -187,12 +255,12 @@ def memo(name: str, max_length: int = 2000, *, read_only: bool = False) -> Prope
     return string(name, max_length, read_only=read_only, kind="Memo")
 
 
-def integer(name: str, *, required: bool = False, default: int | None = None) -> Property:
-    return Property(name, Edm.Int32, required=required, default=default, kind="Integer")
+def integer(name: str, *, default: int | None = None, read_only: bool = False) -> Property:
+    return Property(name, Edm.Int32, default=default, read_only=read_only, kind="Integer")
 
 
-def decimal(name: str, scale: int, *, required: bool = False, read_only: bool = False) -> Property:
-    return Property(name, Edm.Decimal, scale=scale, required=required, read_only=read_only, kind="Decimal")
+def decimal(name: str, scale: int, *, read_only: bool = False) -> Property:
+    return Property(name, Edm.Decimal, scale=scale, read_only=read_only, kind="Decimal")
 
 
 def boolean(name: str, *, default: bool = False, read_only: bool = False) -> Property:
@@ -203,10 +271,8 @@ def guid(name: str, *, read_only: bool = False) -> Property:
     return Property(name, Edm.Guid, read_only=read_only, kind="Uniqueidentifier")
 
 
-def choice(name: str, optionset: OptionSet, *, required: bool = False) -> Property:
-    return Property(
-        name, Edm.Int32, options=optionset, default=optionset.default, required=required, kind="Picklist"
-    )
+def choice(name: str, optionset: OptionSet) -> Property:
+    return Property(name, Edm.Int32, options=optionset, default=optionset.default, kind="Picklist")
 
 
 def state(optionset: OptionSet) -> Property:
@@ -229,19 +295,15 @@ def money(name: str, *, read_only: bool = False) -> list[Property]:
     ]
 
 
-def lookup(
-    name: str, target: str, *, read_only: bool = False, required: bool = False
-) -> tuple[Property, Navigation]:
+def lookup(name: str, target: str, *, read_only: bool = False) -> tuple[Property, Navigation]:
     """A single-target lookup: ``_name_value`` (always read-only) plus the navigation ``name``."""
-    value = Property(
-        f"_{name}_value", Edm.Guid, read_only=True, required=required, kind="Lookup", lookup=name
-    )
+    value = Property(f"_{name}_value", Edm.Guid, read_only=True, kind="Lookup", lookup=name)
     nav = Navigation(name, target=target, collection=False, via=value.name, read_only=read_only)
     return value, nav
 
 
 def polymorphic_lookup(
-    name: str, targets: Iterable[str], kind: str, *, required: bool = False
+    name: str, targets: Iterable[str], kind: str
 ) -> tuple[list[Property], list[Navigation]]:
     """A Customer/Owner lookup: value + hidden target-table column + one navigation per target."""
     type_column = f"{name}_type"
@@ -249,7 +311,6 @@ def polymorphic_lookup(
         f"_{name}_value",
         Edm.Guid,
         read_only=True,
-        required=required,
         kind=kind,
         lookup=name,
         lookup_type_column=type_column,
@@ -289,19 +350,21 @@ def related(
 
 @dataclass
 class _Table:
-    """Collects a table's columns and navigations; ``add`` accepts factories' tuples and lists."""
+    """Collects a table's columns and navigations; ``add`` accepts factories' tuples and lists.
+
+    ``info`` is the table's :class:`DataverseTable`; ``build`` checks that every attribute it names
+    (required levels, create-only, computed columns, bind aliases) is a declared column.
+    """
 
     name: str
     set_name: str
     primary_name: str
     display_name: str
-    schema_name: str
-    object_type_code: int | None
+    info: DataverseTable
     ownership: str = "UserOwned"
     change_tracking: bool = False
     properties: list[Property] = field(default_factory=list)
     navigations: list[Navigation] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def add(self, *items: Any) -> _Table:
         for item in items:
@@ -313,25 +376,31 @@ class _Table:
                 self.add(*item)
         return self
 
+    def _column(self, attribute: str) -> str:
+        """The stored column of an attribute: itself, or ``_x_value`` for the lookup ``x``."""
+        for candidate in (attribute, f"_{attribute}_value"):
+            if any(p.name == candidate for p in self.properties):
+                return candidate
+        raise ValueError(f"{self.name}: {attribute!r} names no declared column")
+
     def build(self) -> EntityType:
         names = [p.name for p in self.properties] + [n.name for n in self.navigations]
         duplicates = {n for n in names if names.count(n) > 1}
         if duplicates:
             raise ValueError(f"{self.name}: declared twice: {sorted(duplicates)}")
-        extra = {
-            "schema_name": self.schema_name,
-            "collection_schema_name": _COLLECTION_NAMES[self.name][0],
-            "display_collection_name": _COLLECTION_NAMES[self.name][1],
-            "required_levels": self.extra.pop("required_levels", {}),
-            # Custom tables get no fixed code: the metadata layer derives a stable one.
-            **({"object_type_code": self.object_type_code} if self.object_type_code is not None else {}),
-            **self.extra,
-        }
+        info = self.info
+        required = {self._column(a) for a in info.required_levels}
+        for attribute in [*info.create_only, *info.computed, *info.bind_aliases]:
+            self._column(attribute)
+        unknown = info.messages - STANDARD_MESSAGES - BULK_MESSAGES - READ_MESSAGES
+        if unknown:
+            raise ValueError(f"{self.name}: unknown messages {sorted(unknown)}")
+        properties = [replace(p, required=p.name in required) for p in self.properties]
         return EntityType(
             name=self.name,
             set_name=self.set_name,
             key=f"{self.name}id",
-            properties=[key(self.name), *self.properties],
+            properties=[key(self.name), *properties],
             navigations=self.navigations,
             primary_name=self.primary_name,
             display_name=self.display_name,
@@ -340,7 +409,7 @@ class _Table:
             created_on="createdon",
             change_tracking=self.change_tracking,
             ownership=self.ownership,
-            extra=extra,
+            info=info,
         )
 
 
@@ -387,24 +456,31 @@ def _address1() -> list[Property]:
     ]
 
 
-_ADDRESS1_COMPOSITE = {
-    "separator": "\r\n",
-    "parts": [
+_ADDRESS1_COMPOSITE = Computed(
+    "\r\n",
+    (
         "address1_line1",
         "address1_line2",
         "address1_line3",
-        ["address1_city", "address1_stateorprovince", "address1_postalcode"],  # one line, space-separated
+        ("address1_city", "address1_stateorprovince", "address1_postalcode"),  # one line, space-separated
         "address1_country",
-    ],
-}
-_FULLNAME = {"separator": " ", "parts": ["firstname", "lastname"]}
+    ),
+)
+_FULLNAME = Computed(" ", ("firstname", "lastname"))
 
 
 def _account() -> EntityType:
     state_set, status_set = active_inactive("account")
-    t = _Table("account", "accounts", "name", "Account", "Account", 1, change_tracking=True)
+    info = DataverseTable(
+        "Account", "Accounts", "Accounts", 1,
+        required_levels={"name": "ApplicationRequired"},
+        computed={"address1_composite": _ADDRESS1_COMPOSITE},
+        bind_aliases=OWNER_BIND_ALIASES,
+        messages=STANDARD_MESSAGES | BULK_MESSAGES,
+    )
+    t = _Table("account", "accounts", "name", "Account", info, change_tracking=True)
     t.add(
-        string("name", 160, required=True, display_name="Account Name"),
+        string("name", 160, display_name="Account Name"),
         string("accountnumber", 20, display_name="Account Number"),
         string("telephone1", 50),
         string("telephone2", 50),
@@ -434,22 +510,24 @@ def _account() -> EntityType:
         related("contact_customer_accounts", "contact", "parentcustomerid", discriminator_value="account"),
         related("account_parent_account", "account", "parentaccountid"),
     )
-    t.extra.update(
-        required_levels={"name": "ApplicationRequired"},
-        computed={"address1_composite": _ADDRESS1_COMPOSITE},
-        bind_aliases=OWNER_BIND_ALIASES,
-    )
     return t.build()
 
 
 def _contact() -> EntityType:
     state_set, status_set = active_inactive("contact")
-    t = _Table("contact", "contacts", "fullname", "Contact", "Contact", 2, change_tracking=True)
+    info = DataverseTable(
+        "Contact", "Contacts", "Contacts", 2,
+        required_levels={"lastname": "ApplicationRequired"},
+        computed={"fullname": _FULLNAME, "address1_composite": _ADDRESS1_COMPOSITE},
+        bind_aliases=OWNER_BIND_ALIASES,
+        messages=STANDARD_MESSAGES | BULK_MESSAGES,
+    )
+    t = _Table("contact", "contacts", "fullname", "Contact", info, change_tracking=True)
     parent_props, parent_navs = polymorphic_lookup("parentcustomerid", ["account", "contact"], "Customer")
     t.add(
         string("firstname", 50),
         string("middlename", 50),
-        string("lastname", 50, required=True),
+        string("lastname", 50),
         string("fullname", 160, read_only=True),
         string("jobtitle", 100),
         string("emailaddress1", 100),
@@ -474,31 +552,29 @@ def _contact() -> EntityType:
         related("account_primary_contact", "account", "primarycontactid"),
         related("contact_customer_contacts", "contact", "parentcustomerid", discriminator_value="contact"),
     )
-    t.extra.update(
-        required_levels={"lastname": "ApplicationRequired"},
-        computed={"fullname": _FULLNAME, "address1_composite": _ADDRESS1_COMPOSITE},
-        bind_aliases=OWNER_BIND_ALIASES,
-    )
     return t.build()
 
 
 def _product() -> EntityType:
-    t = _Table(
-        "product",
-        "products",
-        "name",
-        "Product",
-        "Product",
-        1024,
-        ownership="OrganizationOwned",
-        change_tracking=True,
+    info = DataverseTable(
+        "Product", "Products", "Products", 1024,
+        required_levels={
+            "productnumber": "SystemRequired",
+            "name": "ApplicationRequired",
+            "productstructure": "SystemRequired",
+            "quantitydecimal": "ApplicationRequired",
+            "defaultuomscheduleid": "ApplicationRequired",
+            "defaultuomid": "ApplicationRequired",
+        },
+        messages=STANDARD_MESSAGES | BULK_MESSAGES,
     )
+    t = _Table("product", "products", "name", "Product", info, ownership="OrganizationOwned", change_tracking=True)
     t.add(
-        string("productnumber", 100, required=True, display_name="Product ID"),
-        string("name", 100, required=True),
+        string("productnumber", 100, display_name="Product ID"),
+        string("name", 100),
         choice("producttypecode", PRODUCT_TYPE),
-        choice("productstructure", PRODUCT_STRUCTURE, required=True),
-        integer("quantitydecimal", required=True),
+        choice("productstructure", PRODUCT_STRUCTURE),
+        integer("quantitydecimal"),
         money("price"),
         money("standardcost"),
         money("currentcost"),
@@ -512,58 +588,19 @@ def _product() -> EntityType:
         memo("description"),
         state(PRODUCT_STATE),
         status(PRODUCT_STATUS),
-        lookup("defaultuomscheduleid", "uomschedule", required=True),
-        lookup("defaultuomid", "uom", required=True),
+        lookup("defaultuomscheduleid", "uomschedule"),
+        lookup("defaultuomid", "uom"),
         lookup("transactioncurrencyid", "transactioncurrency"),
         lookup("bcbi_companyid", "bcbi_company"),
         _system_columns(),
-    )
-    t.extra.update(
-        required_levels={
-            "productnumber": "SystemRequired",
-            "name": "ApplicationRequired",
-            "productstructure": "SystemRequired",
-            "quantitydecimal": "ApplicationRequired",
-            "defaultuomscheduleid": "ApplicationRequired",
-            "defaultuomid": "ApplicationRequired",
-        }
     )
     return t.build()
 
 
 def _transactioncurrency() -> EntityType:
     state_set, status_set = active_inactive("transactioncurrency")
-    t = _Table(
-        "transactioncurrency",
-        "transactioncurrencies",
-        "currencyname",
-        "Currency",
-        "TransactionCurrency",
-        9105,
-        ownership="OrganizationOwned",
-        change_tracking=True,
-    )
-    t.add(
-        string("isocurrencycode", 5, required=True, display_name="Currency Code"),
-        string("currencyname", 100, required=True),
-        string("currencysymbol", 10, required=True),
-        Property(
-            "currencyprecision",
-            Edm.Int32,
-            required=True,
-            default=2,
-            kind="Integer",
-            display_name="Currency Precision",
-        ),
-        decimal("exchangerate", 12, required=True),
-        state(state_set),
-        status(status_set),
-        _system_columns(),
-        related("transactioncurrency_account", "account", "transactioncurrencyid"),
-        related("transactioncurrency_contact", "contact", "transactioncurrencyid"),
-        related("transactioncurrency_product", "product", "transactioncurrencyid"),
-    )
-    t.extra.update(
+    info = DataverseTable(
+        "TransactionCurrency", "TransactionCurrencies", "Currencies", 9105,
         required_levels={
             "isocurrencycode": "SystemRequired",
             "currencyname": "SystemRequired",
@@ -572,22 +609,38 @@ def _transactioncurrency() -> EntityType:
             "exchangerate": "SystemRequired",
         },
         # Set on create only (IsValidForUpdate = False in the table reference).
-        create_only=["isocurrencycode"],
+        create_only=frozenset({"isocurrencycode"}),
+        system_rows=True,
+    )
+    t = _Table(
+        "transactioncurrency", "transactioncurrencies", "currencyname", "Currency", info,
+        ownership="OrganizationOwned", change_tracking=True,
+    )
+    t.add(
+        string("isocurrencycode", 5, display_name="Currency Code"),
+        string("currencyname", 100),
+        string("currencysymbol", 10),
+        Property("currencyprecision", Edm.Int32, default=2, kind="Integer", display_name="Currency Precision"),
+        decimal("exchangerate", 12),
+        state(state_set),
+        status(status_set),
+        _system_columns(),
+        related("transactioncurrency_account", "account", "transactioncurrencyid"),
+        related("transactioncurrency_contact", "contact", "transactioncurrencyid"),
+        related("transactioncurrency_product", "product", "transactioncurrencyid"),
     )
     return t.build()
 
 
 def _systemuser() -> EntityType:
-    t = _Table(
-        "systemuser",
-        "systemusers",
-        "fullname",
-        "User",
-        "SystemUser",
-        8,
-        ownership="BusinessOwned",
-        change_tracking=True,
+    info = DataverseTable(
+        "SystemUser", "SystemUsers", "Users", 8,
+        required_levels={"accessmode": "SystemRequired", "businessunitid": "SystemRequired"},
+        computed={"fullname": _FULLNAME},
+        system_rows=True,
     )
+    t = _Table("systemuser", "systemusers", "fullname", "User", info, ownership="BusinessOwned",
+               change_tracking=True)
     t.add(
         string("firstname", 256),
         string("lastname", 256),
@@ -601,55 +654,46 @@ def _systemuser() -> EntityType:
         boolean("isdisabled"),
         boolean("islicensed"),
         boolean("isintegrationuser"),
-        choice("accessmode", ACCESS_MODE, required=True),
-        lookup("businessunitid", "businessunit", required=True),
+        choice("accessmode", ACCESS_MODE),
+        lookup("businessunitid", "businessunit"),
         _system_columns(),
         related("user_accounts", "account", "owninguser"),
         related("contact_owning_user", "contact", "owninguser"),
-    )
-    t.extra.update(
-        required_levels={"accessmode": "SystemRequired", "businessunitid": "SystemRequired"},
-        computed={"fullname": _FULLNAME},
     )
     return t.build()
 
 
 def _team() -> EntityType:
-    t = _Table("team", "teams", "name", "Team", "Team", 9, ownership="BusinessOwned")
+    info = DataverseTable(
+        "Team", "Teams", "Teams", 9,
+        required_levels={"name": "SystemRequired", "teamtype": "SystemRequired", "businessunitid": "SystemRequired"},
+        system_rows=True,
+    )
+    t = _Table("team", "teams", "name", "Team", info, ownership="BusinessOwned")
     t.add(
-        string("name", 160, required=True, display_name="Team Name"),
-        choice("teamtype", TEAM_TYPE, required=True),
+        string("name", 160, display_name="Team Name"),
+        choice("teamtype", TEAM_TYPE),
         boolean("isdefault"),
         guid("azureactivedirectoryobjectid"),
         memo("description"),
-        lookup("businessunitid", "businessunit", required=True),
+        lookup("businessunitid", "businessunit"),
         lookup("administratorid", "systemuser"),
         _system_columns(),
         related("team_accounts", "account", "owningteam"),
         related("team_contacts", "contact", "owningteam"),
     )
-    t.extra.update(
-        required_levels={
-            "name": "SystemRequired",
-            "teamtype": "SystemRequired",
-            "businessunitid": "SystemRequired",
-        }
-    )
     return t.build()
 
 
 def _businessunit() -> EntityType:
-    t = _Table(
-        "businessunit",
-        "businessunits",
-        "name",
-        "Business Unit",
-        "BusinessUnit",
-        10,
-        ownership="BusinessOwned",
+    info = DataverseTable(
+        "BusinessUnit", "BusinessUnits", "Business Units", 10,
+        required_levels={"name": "SystemRequired"},
+        system_rows=True,
     )
+    t = _Table("businessunit", "businessunits", "name", "Business Unit", info, ownership="BusinessOwned")
     t.add(
-        string("name", 160, required=True),
+        string("name", 160),
         boolean("isdisabled"),
         memo("description"),
         lookup("parentbusinessunitid", "businessunit"),
@@ -660,24 +704,20 @@ def _businessunit() -> EntityType:
         related("business_unit_accounts", "account", "owningbusinessunit"),
         related("business_unit_contacts", "contact", "owningbusinessunit"),
     )
-    t.extra.update(required_levels={"name": "SystemRequired"})
     return t.build()
 
 
 def _uomschedule() -> EntityType:
     state_set, status_set = active_inactive("uomschedule")
-    t = _Table(
-        "uomschedule",
-        "uomschedules",
-        "name",
-        "Unit Group",
-        "UoMSchedule",
-        1056,
-        ownership="OrganizationOwned",
+    info = DataverseTable(
+        "UoMSchedule", "UoMSchedules", "Unit Groups", 1056,
+        required_levels={"name": "SystemRequired", "baseuomname": "SystemRequired"},
+        system_rows=True,
     )
+    t = _Table("uomschedule", "uomschedules", "name", "Unit Group", info, ownership="OrganizationOwned")
     t.add(
-        string("name", 200, required=True),
-        string("baseuomname", 100, required=True, display_name="Base Unit Name"),
+        string("name", 200),
+        string("baseuomname", 100, display_name="Base Unit Name"),
         memo("description"),
         state(state_set),
         status(status_set),
@@ -685,39 +725,44 @@ def _uomschedule() -> EntityType:
         related("unit_of_measure_schedule_conversions", "uom", "uomscheduleid"),
         related("unit_of_measurement_schedule_products", "product", "defaultuomscheduleid"),
     )
-    t.extra.update(required_levels={"name": "SystemRequired", "baseuomname": "SystemRequired"})
     return t.build()
 
 
 def _uom() -> EntityType:
-    t = _Table("uom", "uoms", "name", "Unit", "UoM", 1055, ownership="OrganizationOwned")
+    info = DataverseTable(
+        "UoM", "UoMs", "Units", 1055,
+        required_levels={"name": "SystemRequired", "quantity": "ApplicationRequired", "uomscheduleid": "SystemRequired"},
+        create_only=frozenset({"uomscheduleid"}),
+        system_rows=True,
+    )
+    t = _Table("uom", "uoms", "name", "Unit", info, ownership="OrganizationOwned")
     t.add(
-        string("name", 100, required=True),
-        decimal("quantity", 5, required=True),
+        string("name", 100),
+        decimal("quantity", 5),
         boolean("isschedulebaseuom", read_only=True),
-        lookup("uomscheduleid", "uomschedule", required=True),
+        lookup("uomscheduleid", "uomschedule"),
         # ApplicationRequired in Dataverse, but the group's base unit has none when a client writes it.
         lookup("baseuom", "uom"),
         _system_columns(),
         related("unit_of_measurement_base_unit", "uom", "baseuom"),
         related("unit_of_measurement_products", "product", "defaultuomid"),
     )
-    t.extra.update(
-        required_levels={
-            "name": "SystemRequired",
-            "quantity": "ApplicationRequired",
-            "uomscheduleid": "SystemRequired",
-        },
-        create_only=["uomscheduleid"],
-    )
     return t.build()
 
 
 def _bcbi_company() -> EntityType:
     state_set, status_set = active_inactive("bcbi_company")
-    t = _Table("bcbi_company", "bcbi_companies", "bcbi_name", "Company", "bcbi_Company", None)
+    info = DataverseTable(
+        "bcbi_Company", "bcbi_Companies", "Companies",
+        required_levels={"bcbi_name": "ApplicationRequired"},
+        bind_aliases=OWNER_BIND_ALIASES,
+        # custom tables support the bulk messages (bulk-operations#availability)
+        messages=STANDARD_MESSAGES | BULK_MESSAGES,
+        system_rows=True,
+    )
+    t = _Table("bcbi_company", "bcbi_companies", "bcbi_name", "Company", info)
     t.add(
-        string("bcbi_name", 30, required=True, display_name="Name"),
+        string("bcbi_name", 30, display_name="Name"),
         string("bcbi_externalid", 36, display_name="External Id"),
         lookup("bcbi_defaultowningteam", "team"),
         state(state_set),
@@ -728,9 +773,7 @@ def _bcbi_company() -> EntityType:
         related("bcbi_company_contact", "contact", "bcbi_companyid"),
         related("bcbi_company_product", "product", "bcbi_companyid"),
     )
-    t.extra.update(required_levels={"bcbi_name": "ApplicationRequired"}, bind_aliases=OWNER_BIND_ALIASES)
     return t.build()
-
 
 _TABLES = (
     _account,
@@ -790,15 +833,15 @@ def computed_values(entity: EntityType, row: Mapping[str, Any]) -> dict[str, str
 
     Non-empty parts are joined with the declared separator; all-empty gives None.
     """
-    def text(part: str | list[str]) -> str:
-        if isinstance(part, list):  # a group of columns on one line
+    def text(part: str | tuple[str, ...]) -> str:
+        if isinstance(part, tuple):  # a group of columns on one line
             return " ".join(t for t in (text(p) for p in part) if t)
         value = row.get(part)
         return "" if value is None else str(value).strip()
 
     result: dict[str, str | None] = {}
-    for column, spec in entity.extra.get("computed", {}).items():
-        joined = spec["separator"].join(t for t in (text(p) for p in spec["parts"]) if t)
+    for column, spec in table_info(entity).computed.items():
+        joined = spec.separator.join(t for t in (text(p) for p in spec.parts) if t)
         result[column] = joined or None
     return result
 
@@ -812,7 +855,7 @@ def bind_navigation(entity: EntityType, name: str, target_table: str | None) -> 
     nav = entity.navigation(name)
     if nav is not None:
         return nav
-    alias = entity.extra.get("bind_aliases", {}).get(name)
+    alias = table_info(entity).bind_aliases.get(name)
     if alias is None or target_table is None or target_table not in alias:
         return None
     return entity.navigation(alias[target_table])

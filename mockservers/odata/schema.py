@@ -6,6 +6,7 @@ Nothing else in the engine knows a table by name.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -128,7 +129,9 @@ class EntityType:
     scope_property: str | None = None
     change_tracking: bool = False
     ownership: str = "UserOwned"
-    extra: dict[str, Any] = field(default_factory=dict)
+    # The service's own facts about the table (a typed dataclass each service defines and reads
+    # through its own accessor); the engine never looks inside.
+    info: object | None = None
 
     def __post_init__(self) -> None:
         self._props = {p.name: p for p in self.properties}
@@ -184,5 +187,5 @@ class Schema:
     def by_set(self, set_name: str) -> EntityType | None:
         return self._by_set.get(set_name)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[EntityType]:
         return iter(self.entities)

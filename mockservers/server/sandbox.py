@@ -120,8 +120,7 @@ class Sandbox:
         self.webhooks = Webhooks(
             bc_backend.store.engine,
             WebhookConfig(delay_seconds=cfg.webhook_delay_seconds, verify=verify),
-            supported_resource=lambda set_name: bool(
-                (e := bc_backend.schema.by_set(set_name)) is not None and e.extra.get("webhooks")),
+            supported_resource=bc_backend.supports_webhooks,
         )
         self.webhooks.start()
         bc_services = bc_sandbox()
