@@ -8,18 +8,21 @@ HTTP lives in ``responses.py``.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..odata import errors as engine
-from ..odata.query import QueryRunner
+from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
 from ..odata.schema import EntityType, Navigation, Schema
 from ..odata.storage import Row, Store
+from ..odata.transactions import Transactions
 from ..odata.urlpath import KeyPredicate, parse_key, split_path
 from ..odata.values import parse_guid, to_stored
 from . import exceptions as exc
@@ -63,6 +66,7 @@ class DataverseBackend:
         self.schema: Schema = build_schema(load_customizations(fixture))
         self.store = Store(self.schema, db_url)
         self.runner = QueryRunner(self.schema, self.store)
+        self.transactions = Transactions(self.store)
         data = load_fixture(fixture)
         org = data.get("organization", {})
         self.organization = Organization(
@@ -102,6 +106,112 @@ class DataverseBackend:
             if row is not None:
                 return Caller(row["systemuserid"], row.get("_businessunitid_value"))
         return None
+
+    # -- reads: the protocol layer's only way to the rows ---------------------------------------
+    def get(self, conn: Connection, entity: EntityType, key: str) -> Row | None:
+        return self.store.get(conn, entity, key)
+
+    def count(self, conn: Connection, entity: EntityType) -> int:
+        return self.store.count(conn, entity)
+
+    def current_version(self, conn: Connection) -> int:
+        """The org's latest row version: where a change-tracking delta starts."""
+        return self.store.current_version(conn)
+
+    def check_query(self, entity: EntityType, select: list[str] | None = None,
+                    expand: list[ExpandItem] | None = None) -> None:
+        """Refuse unknown `$select`/`$expand` names before anything is read or written."""
+        self.runner.check_select(entity, select)
+        self.runner.check_expand(entity, expand or [])
+
+    def query(self, conn: Connection, entity: EntityType, opts: QueryOptions, *, page_size: int,
+              after: Row | None = None, count_cap: int | None = None) -> Page:
+        """One page of an entity-set query (expanded navigations attached)."""
+        return self.runner.run(conn, entity, opts, page_size=page_size, after=after, count_cap=count_cap)
+
+    def expand(self, conn: Connection, entity: EntityType, rows: list[Row], expand: list[ExpandItem]) -> None:
+        self.runner.expand(conn, entity, rows, expand)
+
+    def changes_since(self, conn: Connection, entity: EntityType, since: int) -> tuple[int, list[Row], list[str]]:
+        """(current version, rows changed after ``since`` in version order, keys deleted after it)."""
+        table = self.store.table(entity)
+        tomb = self.store.tombstones
+        assert entity.version_property is not None
+        now_version = self.store.current_version(conn)
+        stmt = (table.select().where(table.c[entity.version_property] > since)
+                .order_by(table.c[entity.version_property]))
+        rows = [dict(r) for r in conn.execute(stmt).mappings()]
+        deleted = conn.execute(
+            sa.select(tomb.c.key).where(tomb.c.entity == entity.name, tomb.c.version > since).order_by(tomb.c.version)
+        ).scalars().all()
+        return now_version, rows, list(deleted)
+
+    # -- related records (navigation paths and $ref) ----------------------------------------------
+    def related(self, conn: Connection, entity: EntityType, row: Row, nav: Navigation) -> Row | None:
+        """The record a single-valued navigation of ``row`` points at (None when unset)."""
+        target = self.entity(nav.target)
+        matches = not nav.discriminator or row.get(nav.discriminator) == nav.discriminator_value
+        return self.store.get(conn, target, row[nav.via]) if row.get(nav.via) and matches else None
+
+    def _related_conditions(self, entity: EntityType, row: Row, nav: Navigation) -> list[Any]:
+        table = self.store.table(self.entity(nav.target))
+        conds = [table.c[nav.via] == row[entity.key]]
+        if nav.discriminator:
+            conds.append(table.c[nav.discriminator] == nav.discriminator_value)
+        return conds
+
+    def related_page(self, conn: Connection, entity: EntityType, row: Row, nav: Navigation, opts: QueryOptions,
+                     *, page_size: int, after: Row | None = None, count_cap: int | None = None) -> Page:
+        """One page of the records a collection-valued navigation of ``row`` holds."""
+        return self.runner.run(conn, self.entity(nav.target), opts, conditions=self._related_conditions(entity, row, nav),
+                               page_size=page_size, after=after, count_cap=count_cap)
+
+    def related_count(self, conn: Connection, entity: EntityType, row: Row, nav: Navigation) -> int:
+        page = self.runner.run(conn, self.entity(nav.target), QueryOptions(count=True),
+                               conditions=self._related_conditions(entity, row, nav), page_size=1)
+        return page.count or 0
+
+    def related_rows(self, conn: Connection, entity: EntityType, row: Row, nav: Navigation) -> list[Row]:
+        """Every record a collection-valued navigation of ``row`` holds (for `$ref` listings)."""
+        table = self.store.table(self.entity(nav.target))
+        return [dict(r) for r in conn.execute(table.select().where(table.c[nav.via] == row[entity.key])).mappings()]
+
+    def associate(self, conn: Connection, entity: EntityType, row: Row, nav: Navigation, ref_row: Row, *,
+                  caller: Caller) -> None:
+        """Add ``ref_row`` to the collection ``nav`` of ``row`` (its lookup now points at ``row``)."""
+        target = self.entity(nav.target)
+        self.update(conn, target, ref_row[target.key], {}, caller=caller)  # stamps modifiedby/modifiedon
+        self.store.update(conn, target, ref_row[target.key], _link(entity, row, nav))
+
+    def disassociate(self, conn: Connection, entity: EntityType, row: Row, nav: Navigation, ref: str) -> None:
+        """Remove the record ``ref`` (an id or an entity URL) from the collection ``nav`` of ``row``."""
+        target = self.entity(nav.target)
+        if "(" in ref:
+            _, ref_row = self.resolve_reference(conn, ref)
+        else:
+            found = self.store.get(conn, target, self.guid(ref))
+            ref_row = found if found is not None else {}
+        if not ref_row or ref_row.get(nav.via) != row[entity.key]:
+            raise exc.not_found(target.name, ref)
+        self.store.update(conn, target, ref_row[target.key], {nav.via: None})
+
+    def primary_names(self, conn: Connection, entity: EntityType, keys: set[str]) -> dict[str, str]:
+        """Primary-name values of the given records (formatted values of lookups), one query."""
+        if not entity.primary_name or not keys:
+            return {}
+        table = self.store.table(entity)
+        stmt = sa.select(table.c[entity.key], table.c[entity.primary_name]).where(table.c[entity.key].in_(keys))
+        return {key: name for key, name in conn.execute(stmt)}
+
+    def currency_symbols(self, conn: Connection, keys: set[str]) -> dict[str, str]:
+        """Currency symbols by transactioncurrency id (formatted values of money columns)."""
+        currency = self.schema.entity("transactioncurrency")
+        if currency is None or not keys:
+            return {}
+        table = self.store.table(currency)
+        stmt = sa.select(table.c.transactioncurrencyid, table.c.currencysymbol).where(
+            table.c.transactioncurrencyid.in_(keys))
+        return {key: symbol for key, symbol in conn.execute(stmt)}
 
     def find_by_key(self, conn: Connection, entity: EntityType, key: KeyPredicate) -> Row | None:
         if key.named:
@@ -350,9 +460,7 @@ class DataverseBackend:
     def _run_deferred(self, conn: Connection, entity: EntityType, row: Row, deferred: list, caller: Caller) -> None:
         for nav, items in deferred:
             target = self.entity(nav.target)
-            link = {nav.via: row[entity.key]}
-            if nav.discriminator:
-                link[nav.discriminator] = nav.discriminator_value
+            link = _link(entity, row, nav)
             for item in items:
                 if isinstance(item, tuple) and item[0] == "bind":
                     _, (ref_entity, ref_row) = item
@@ -375,6 +483,38 @@ class DataverseBackend:
             raise exc.from_engine(error, entity) from error
         self._run_deferred(conn, entity, row, deferred, caller)
         return row
+
+    def upsert(self, conn: Connection, entity: EntityType, key: KeyPredicate, body: Any, *, caller: Caller,
+               if_match: str | None = None, if_none_match: str | None = None) -> tuple[Row, bool]:
+        """Update the record ``key`` names, or create it with that key: (row, created).
+
+        The one upsert path: PATCH to a key, UpsertMultiple and UpdateMultiple targets, alternate keys.
+        ``If-Match`` (any value) forbids the create, ``If-None-Match: *`` forbids the update
+        (https://learn.microsoft.com/en-us/power-apps/developer/data-platform/webapi/perform-conditional-operations-using-web-api).
+        """
+        row = self.find_by_key(conn, entity, key)
+        if row is not None:
+            if if_none_match == "*":
+                raise DataverseError(412, exc.DUPLICATE_RECORD, "A record with matching key values already exists.")
+            version = None
+            if if_match and if_match != "*":
+                version = parse_etag(if_match)
+                if version is None:
+                    raise DataverseError(412, exc.CONCURRENCY_VERSION_MISMATCH,
+                                         "The version of the existing record doesn't match the RowVersion "
+                                         "property provided.")
+            if key.named and isinstance(body, dict):  # keys cannot change through themselves
+                body = {k: v for k, v in body.items() if k not in key.named}
+            return self.update(conn, entity, row[entity.key], body, caller=caller, if_version=version), False
+        if if_match:
+            raise exc.not_found(entity.name, _key_text(key))
+        key_values: dict[str, Any] = {}
+        if key.named:
+            for name, value in key.named.items():
+                key_values[name] = self._key_value(entity, name, value)
+        else:
+            key_values[entity.key] = self.guid(key.single or "")
+        return self.create(conn, entity, body, caller=caller, key_values=key_values), True
 
     def delete(self, conn: Connection, entity: EntityType, key: str, *, if_version: int | None = None) -> Row:
         try:
@@ -422,6 +562,28 @@ class DataverseBackend:
     def reset(self) -> None:
         self.store.reset()
         self.seed(self.fixture_name, system_only=True)
+
+
+def parse_etag(value: str) -> int | None:
+    """The row version in a `W/"<n>"` ETag (None when the value is not one)."""
+    m = re.fullmatch(r'\s*(?:W/)?"(\d+)"\s*', value)
+    return int(m.group(1)) if m else None
+
+
+def _link(entity: EntityType, row: Row, nav: Navigation) -> dict[str, Any]:
+    """The lookup values that make a record of ``nav.target`` belong to ``row``'s collection ``nav``."""
+    link: dict[str, Any] = {nav.via: row[entity.key]}
+    if nav.discriminator:
+        link[nav.discriminator] = nav.discriminator_value
+    return link
+
+
+def _key_text(key: KeyPredicate) -> str:
+    """A key as error messages show it: the id, or `name=value` pairs of an alternate key."""
+    if key.single is not None:
+        return key.single
+    return ",".join(f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
+                    for name, value in key.named.items())
 
 
 def _undeclared_bind(name: str) -> DataverseError:

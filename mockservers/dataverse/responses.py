@@ -23,7 +23,6 @@ from ..odata.protocol import Result, parse_max_page_size, parse_prefer
 from ..odata.query import QueryOptions, parse_options
 from ..odata.schema import EntityType
 from ..odata.storage import Row
-from ..odata.transactions import Transactions
 from ..odata.urlpath import Segment, parse_key, split_path
 from ..odata.values import to_json
 from . import batch as batch_protocol
@@ -31,7 +30,7 @@ from . import exceptions as exc
 from .exceptions import DataverseError
 from .metadata import MetadataError
 from .metadata_query import MetadataQuery
-from .models import Caller, DataverseBackend
+from .models import Caller, DataverseBackend, parse_etag
 from .paging import PagingCookie, paging_cookie, read_paging_cookie
 from .query_functions import DataverseFilters, orderby_with_aliases
 from .serializer import Annotations, Serializer, etag
@@ -77,19 +76,13 @@ def check_query_options(args: MultiDict) -> None:
             raise DataverseError(400, exc.NOT_SUPPORTED, f"The query parameter {name} is not supported")
 
 
-def parse_etag(value: str) -> int | None:
-    m = re.fullmatch(r'\s*(?:W/)?"(\d+)"\s*', value)
-    return int(m.group(1)) if m else None
-
-
 class DataverseService:
     def __init__(self, backend: DataverseBackend, service_root: str) -> None:
         self.backend = backend
         self.schema = backend.schema
-        self.store = backend.store
         self.service_root = service_root.rstrip("/")
-        self.serializer = Serializer(self.schema, self.store, self.service_root)
-        self.tx = Transactions(self.store)
+        self.serializer = Serializer(self.schema, backend, self.service_root)
+        self.tx = backend.transactions
         self._csdl: str | None = None
 
     # -- transactions ------------------------------------------------------------------------
@@ -210,7 +203,7 @@ class DataverseService:
 
     def count(self, req: Request, entity: EntityType) -> Result:
         with self.connection(False) as conn:
-            n = min(self.store.count(conn, entity), COUNT_LIMIT)
+            n = min(self.backend.count(conn, entity), COUNT_LIMIT)
         return Result(200, [("Content-Type", "text/plain")], ("\ufeff" + str(n)).encode("utf-8"))
 
     def list(self, req: Request, entity: EntityType) -> Result:
@@ -232,10 +225,8 @@ class DataverseService:
         annotations = Annotations(prefs.get("odata.include-annotations"))
         with self.connection(False) as conn:
             if "odata.track-changes" in prefs and tracking_version is None:
-                tracking_version = self.store.current_version(conn)
-            page = self.backend.runner.run(
-                conn, entity, opts, page_size=page_size, after=cookie.last, count_cap=COUNT_LIMIT
-            )
+                tracking_version = self.backend.current_version(conn)
+            page = self.backend.query(conn, entity, opts, page_size=page_size, after=cookie.last, count_cap=COUNT_LIMIT)
             records = self.serializer.records(conn, entity, page.rows, opts.select, opts.expand, annotations)
         payload: dict[str, Any] = {"@odata.context": self.context(self._context_fragment(entity, opts))}
         if annotations:
@@ -302,21 +293,13 @@ class DataverseService:
             raise DataverseError(400, exc.INVALID_ARGUMENT, "The $deltatoken value is not valid.")
         since = int(m.group(1))
         opts = self._options(req, entity)
-        table = self.store.table(entity)
-        tomb = self.store.tombstones
         with self.connection(False) as conn:
-            now_version = self.store.current_version(conn)
-            stmt = (table.select().where(table.c[entity.version_property] > since)
-                    .order_by(table.c[entity.version_property]))
-            rows = [dict(r) for r in conn.execute(stmt).mappings()]
+            now_version, rows, deleted = self.backend.changes_since(conn, entity, since)
             records = self.serializer.records(conn, entity, rows, opts.select, [], Annotations(None))
-            deleted = conn.execute(
-                tomb.select().where(tomb.c.entity == entity.name, tomb.c.version > since).order_by(tomb.c.version)
-            ).mappings().all()
         live = {r[entity.key] for r in rows}
         value = records + [
-            {"@odata.context": self.context(f"{entity.set_name}/$deletedEntity"), "id": d["key"], "reason": "deleted"}
-            for d in deleted if d["key"] not in live
+            {"@odata.context": self.context(f"{entity.set_name}/$deletedEntity"), "id": key, "reason": "deleted"}
+            for key in deleted if key not in live
         ]
         payload = {
             "@odata.context": self.context(self._context_fragment(entity, opts, "/$delta")),
@@ -351,8 +334,7 @@ class DataverseService:
         opts = self._options(req, entity)
         annotations = Annotations(prefs.get("odata.include-annotations"))
         with self.connection(False) as conn:
-            self.backend.runner.check_select(entity, opts.select)
-            self.backend.runner.check_expand(entity, opts.expand)
+            self.backend.check_query(entity, opts.select, opts.expand)
             row = self._find(conn, entity, head)
             if row is None:
                 raise exc.not_found(entity.name, head.key)
@@ -360,7 +342,7 @@ class DataverseService:
             if (if_none and if_none != "null" and not opts.expand and not annotations
                     and parse_etag(if_none) == row.get(entity.version_property)):
                 return Result(304, [("ETag", etag(entity, row) or "")])
-            self.backend.runner.expand(conn, entity, [row], opts.expand)
+            self.backend.expand(conn, entity, [row], opts.expand)
             record = self.serializer.records(conn, entity, [row], opts.select, opts.expand, annotations)[0]
         payload = {"@odata.context": self.context(self._context_fragment(entity, opts, "/$entity")), **record}
         headers = [("ETag", etag(entity, row) or "")]
@@ -380,7 +362,7 @@ class DataverseService:
     def _representation(self, req: Request, entity: EntityType, row: Row, status: int, prefs) -> Result:
         opts = self._options(req, entity)
         with self.connection(False) as conn:
-            self.backend.runner.expand(conn, entity, [row], opts.expand)
+            self.backend.expand(conn, entity, [row], opts.expand)
             record = self.serializer.records(conn, entity, [row], opts.select, opts.expand, Annotations(None))[0]
         payload = {"@odata.context": self.context(self._context_fragment(entity, opts, "/$entity")), **record}
         return Result.json(status, payload, [("Preference-Applied", "return=representation"),
@@ -390,7 +372,7 @@ class DataverseService:
         body = self._body(req)
         prefs = parse_prefer(req.headers)
         opts = self._options(req, entity)
-        self.backend.runner.check_select(entity, opts.select)
+        self.backend.check_query(entity, opts.select)
         with self.connection(True) as conn:
             row = self.backend.create(conn, entity, body, caller=req.caller)
         if prefs.get("return") == "representation":
@@ -400,37 +382,13 @@ class DataverseService:
     def upsert(self, req: Request, entity: EntityType, head: Segment) -> Result:
         body = self._body(req)
         prefs = parse_prefer(req.headers)
-        if_match = req.headers.get("If-Match")
         if_none = req.headers.get("If-None-Match")
-        if_none = None if if_none in (None, "null") else if_none
         key = parse_key(head.key or "")
         with self.connection(True) as conn:
-            row = self.backend.find_by_key(conn, entity, key)
-            if row is not None:
-                if if_none == "*":
-                    raise DataverseError(412, exc.DUPLICATE_RECORD, "A record with matching key values already exists.")
-                version = None
-                if if_match and if_match != "*":
-                    version = parse_etag(if_match)
-                    if version is None:
-                        raise DataverseError(412, exc.CONCURRENCY_VERSION_MISMATCH,
-                                             "The version of the existing record doesn't match the RowVersion "
-                                             "property provided.")
-                if key.named and isinstance(body, dict):  # keys cannot change through themselves
-                    body = {k: v for k, v in body.items() if k not in key.named}
-                row = self.backend.update(conn, entity, row[entity.key], body, caller=req.caller, if_version=version)
-                created = False
-            else:
-                if if_match:
-                    raise exc.not_found(entity.name, head.key)
-                key_values: dict[str, Any] = {}
-                if key.named:
-                    for name, value in key.named.items():
-                        key_values[name] = self.backend._key_value(entity, name, value)
-                else:
-                    key_values[entity.key] = self.backend.guid(key.single or "")
-                row = self.backend.create(conn, entity, body, caller=req.caller, key_values=key_values)
-                created = True
+            row, created = self.backend.upsert(
+                conn, entity, key, body, caller=req.caller, if_match=req.headers.get("If-Match"),
+                if_none_match=None if if_none in (None, "null") else if_none,
+            )
         if prefs.get("return") == "representation":
             return self._representation(req, entity, row, 201 if created else 200, prefs)
         return Result(204, [("OData-EntityId", f"{self.service_root}/{entity.set_name}({head.key})")])
@@ -471,25 +429,20 @@ class DataverseService:
                 raise DataverseError(405, "", f"The requested resource does not support http method '{req.method}'.")
             opts = self._options(req, target)
             if not nav.collection:
-                matches = not nav.discriminator or row.get(nav.discriminator) == nav.discriminator_value
-                related = self.store.get(conn, target, row[nav.via]) if row.get(nav.via) and matches else None
+                related = self.backend.related(conn, entity, row, nav)
                 if related is None:
                     return Result(204)
-                self.backend.runner.expand(conn, target, [related], opts.expand)
+                self.backend.expand(conn, target, [related], opts.expand)
                 record = self.serializer.records(conn, target, [related], opts.select, opts.expand, Annotations(None))[0]
                 return Result.json(200, {"@odata.context": self.context(self._context_fragment(target, opts, "/$entity")),
                                          **record})
-            table = self.store.table(target)
-            conds = [table.c[nav.via] == row[entity.key]]
-            if nav.discriminator:
-                conds.append(table.c[nav.discriminator] == nav.discriminator_value)
             if tail == ["$count"]:
-                page = self.backend.runner.run(conn, target, QueryOptions(count=True), conditions=conds, page_size=1)
-                return Result(200, [("Content-Type", "text/plain")], ("\ufeff" + str(page.count)).encode("utf-8"))
+                n = self.backend.related_count(conn, entity, row, nav)
+                return Result(200, [("Content-Type", "text/plain")], ("\ufeff" + str(n)).encode("utf-8"))
             page_size, preferred = self._page_size(parse_prefer(req.headers))
             cookie = self._read_skiptoken(target, opts, req.args.get("$skiptoken"))
-            page = self.backend.runner.run(conn, target, opts, conditions=conds, page_size=page_size,
-                                           after=cookie.last, count_cap=COUNT_LIMIT)
+            page = self.backend.related_page(conn, entity, row, nav, opts, page_size=page_size, after=cookie.last,
+                                             count_cap=COUNT_LIMIT)
             records = self.serializer.records(conn, target, page.rows, opts.select, opts.expand, Annotations(None))
         payload: dict[str, Any] = {"@odata.context": self.context(self._context_fragment(target, opts))}
         if page.count is not None:
@@ -537,8 +490,7 @@ class DataverseService:
         assert target is not None
         if req.method == "GET":
             if nav.collection:
-                table = self.store.table(target)
-                rows = conn.execute(table.select().where(table.c[nav.via] == row[entity.key])).mappings().all()
+                rows = self.backend.related_rows(conn, entity, row, nav)
                 return Result.json(200, {"@odata.context": self.context("Collection($ref)"),
                                          "value": [{"@odata.id": self._entity_id(target, r)} for r in rows]})
             if not row.get(nav.via):
@@ -553,11 +505,7 @@ class DataverseService:
             if ref_entity.name != target.name:
                 raise exc.bad_request(f"The reference must point to a '{target.name}' record.")
             if nav.collection:
-                link = {nav.via: row[entity.key]}
-                if nav.discriminator:
-                    link[nav.discriminator] = nav.discriminator_value
-                self.backend.update(conn, target, ref_row[target.key], {}, caller=req.caller)
-                self.store.update(conn, target, ref_row[target.key], link)
+                self.backend.associate(conn, entity, row, nav, ref_row, caller=req.caller)
             else:
                 self.backend.update(conn, entity, row[entity.key],
                                     {f"{nav.name}@odata.bind": f"/{target.set_name}({ref_row[target.key]})"},
@@ -568,13 +516,7 @@ class DataverseService:
                 ref_id = segment.key or req.args.get("$id")
                 if not ref_id:
                     raise exc.bad_request("Disassociating a collection requires the related record id.")
-                if "(" in ref_id:
-                    _, ref_row = self.backend.resolve_reference(conn, ref_id)
-                else:
-                    ref_row = self.store.get(conn, target, self.backend.guid(ref_id))
-                if ref_row is None or ref_row.get(nav.via) != row[entity.key]:
-                    raise exc.not_found(target.name, ref_id)
-                self.store.update(conn, target, ref_row[target.key], {nav.via: None})
+                self.backend.disassociate(conn, entity, row, nav, ref_id)
             else:
                 self.backend.update(conn, entity, row[entity.key], {f"{nav.name}@odata.bind": None}, caller=req.caller)
             return Result(204)
@@ -609,20 +551,11 @@ class DataverseService:
                     key = parse_key(str(target[entity.key]))
                 else:
                     raise exc.bad_request(f"Each item in 'Targets' must identify the record ({entity.key} or @odata.id).")
-                row = self.backend.find_by_key(conn, entity, key)
                 clean = {k: v for k, v in target.items() if k not in ("@odata.id",)}
-                if row is not None:
-                    if key.named:
-                        clean = {k: v for k, v in clean.items() if k not in key.named}
-                    self.backend.update(conn, entity, row[entity.key], clean, caller=req.caller)
-                    results.append({"RecordCreated": False, "RecordId": row[entity.key]})
-                elif action == "UpdateMultiple":
-                    raise exc.not_found(entity.name, key.single or key.named)
-                else:
-                    key_values = ({n: self.backend._key_value(entity, n, v) for n, v in key.named.items()}
-                                  if key.named else {entity.key: self.backend.guid(key.single or "")})
-                    created = self.backend.create(conn, entity, clean, caller=req.caller, key_values=key_values)
-                    results.append({"RecordCreated": True, "RecordId": created[entity.key]})
+                # UpdateMultiple never creates: an If-Match of "*" on each target says exactly that.
+                row, created = self.backend.upsert(conn, entity, key, clean, caller=req.caller,
+                                                   if_match="*" if action == "UpdateMultiple" else None)
+                results.append({"RecordCreated": created, "RecordId": row[entity.key]})
         if action == "CreateMultiple":
             return Result.json(200, {"@odata.context": self.context("Microsoft.Dynamics.CRM.CreateMultipleResponse"),
                                      "Ids": ids})

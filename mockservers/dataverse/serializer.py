@@ -5,14 +5,13 @@ from __future__ import annotations
 import fnmatch
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..odata.query import ExpandItem
 from ..odata.schema import Edm, EntityType, Property, Schema
-from ..odata.storage import Row, Store
+from ..odata.storage import Row
 from ..odata.values import to_json
 from .tables import table_info
 
@@ -73,10 +72,18 @@ def _format_value(prop: Property, value: Any, currency_symbol: str | None) -> st
     return None
 
 
+class Lookups(Protocol):
+    """What formatted values need from the backend: names of referenced records, currency symbols."""
+
+    def primary_names(self, conn: Connection, entity: EntityType, keys: set[str]) -> dict[str, str]: ...
+
+    def currency_symbols(self, conn: Connection, keys: set[str]) -> dict[str, str]: ...
+
+
 class Serializer:
-    def __init__(self, schema: Schema, store: Store, service_root: str = "") -> None:
+    def __init__(self, schema: Schema, lookups: Lookups, service_root: str = "") -> None:
         self.schema = schema
-        self.store = store
+        self.lookups = lookups
         self.service_root = service_root
 
     def _lookup_names(self, conn: Connection, entity: EntityType, rows: list[Row]) -> dict[tuple[str, str], str]:
@@ -91,11 +98,9 @@ class Serializer:
         names: dict[tuple[str, str], str] = {}
         for target_name, ids in wanted.items():
             target = self.schema.entity(target_name)
-            if target is None or not target.primary_name:
+            if target is None:
                 continue
-            table = self.store.table(target)
-            stmt = sa.select(table.c[target.key], table.c[target.primary_name]).where(table.c[target.key].in_(ids))
-            for key, name in conn.execute(stmt):
+            for key, name in self.lookups.primary_names(conn, target, ids).items():
                 names[(target_name, key)] = name
         return names
 
@@ -157,17 +162,8 @@ class Serializer:
         return out
 
     def _currency_symbols(self, conn: Connection, rows: list[Row]) -> dict[str, str]:
-        ids = {r.get("_transactioncurrencyid_value") for r in rows} - {None}
-        if not ids:
-            return {}
-        currency = self.schema.entity("transactioncurrency")
-        if currency is None:
-            return {}
-        table = self.store.table(currency)
-        stmt = sa.select(table.c.transactioncurrencyid, table.c.currencysymbol).where(
-            table.c.transactioncurrencyid.in_(ids)
-        )
-        return {k: s for k, s in conn.execute(stmt)}
+        ids = {r["_transactioncurrencyid_value"] for r in rows if r.get("_transactioncurrencyid_value")}
+        return self.lookups.currency_symbols(conn, ids)
 
     def _annotate(self, record, entity, prop, row, value, names, symbols, annotations) -> None:
         if prop.lookup:
