@@ -19,9 +19,10 @@ from sqlalchemy.engine import Connection
 
 from ..odata import errors as engine
 from ..odata.csdl import enum_spellings
-from ..odata.query import QueryRunner
-from ..odata.schema import Edm, EntityType, Property, Schema
+from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
+from ..odata.schema import Edm, EntityType, Navigation, Property, Schema
 from ..odata.storage import Row, Store, utcnow
+from ..odata.transactions import Transactions
 from ..odata.values import parse_guid, to_stored
 from . import exceptions as exc
 from .exceptions import BCError
@@ -52,6 +53,7 @@ class BCBackend:
         self.schema: Schema = build_schema()
         self.store = Store(self.schema, db_url)
         self.runner = QueryRunner(self.schema, self.store)
+        self.transactions = Transactions(self.store)
         data = load_fixture(fixture)
         self.environment: str = data.get("environment", "production")
         self.companies: dict[str, Company] = {
@@ -101,9 +103,39 @@ class BCBackend:
         entity = self.schema.by_set(set_name)
         return entity is not None and entity_info(entity).webhooks
 
-    # -- reads --------------------------------------------------------------------------------
+    # -- reads: the protocol layer's only way to the rows ---------------------------------------
     def get(self, conn: Connection, entity: EntityType, company_id: str | None, key: str) -> Row | None:
         return self.store.get(conn, entity, key, company_id)
+
+    def company_row(self, conn: Connection, company: Company) -> Row:
+        row = self.store.get(conn, self.company_entity, company.id)
+        assert row is not None, "every configured company has its row"
+        return row
+
+    def _scope(self, entity: EntityType, company_id: str | None) -> list[Any]:
+        """Rows of one company only: companies are separate tables in BC."""
+        if entity.scope_property is None:
+            return []
+        table = self.store.table(entity)
+        return [table.c[entity.scope_property] == company_id]
+
+    def check_query(self, entity: EntityType, select: list[str] | None, expand: list[ExpandItem]) -> None:
+        """Refuse unknown `$select`/`$expand` names before anything is read."""
+        self.runner.check_select(entity, select)
+        self.runner.check_expand(entity, expand)
+
+    def query(self, conn: Connection, entity: EntityType, company_id: str | None, opts: QueryOptions, *,
+              page_size: int | None = None, after: Row | None = None) -> Page:
+        """One page of a company's entity-set query (expanded navigations attached)."""
+        return self.runner.run(conn, entity, opts, conditions=self._scope(entity, company_id), page_size=page_size,
+                               after=after)
+
+    def expand(self, conn: Connection, entity: EntityType, rows: list[Row], expand: list[ExpandItem]) -> None:
+        self.runner.expand(conn, entity, rows, expand)
+
+    def related(self, conn: Connection, entity: EntityType, company_id: str, row: Row, nav: Navigation) -> Row | None:
+        """The row a single-valued navigation of ``row`` points at, in the same company."""
+        return self.store.get(conn, self.entity(nav.target), row[nav.via], company_id) if row.get(nav.via) else None
 
     # -- writes -------------------------------------------------------------------------------
     def _type_name(self, entity: EntityType) -> str:

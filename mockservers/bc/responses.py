@@ -20,7 +20,6 @@ from ..odata.protocol import Result, parse_max_page_size, parse_prefer
 from ..odata.query import QueryOptions, parse_options
 from ..odata.schema import EntityType, Schema
 from ..odata.storage import Row
-from ..odata.transactions import Transactions
 from ..odata.urlpath import Segment, parse_key, split_path
 from ..odata.values import parse_guid
 from . import exceptions as exc
@@ -72,8 +71,7 @@ class BCService:
                  max_page_size: int = DEFAULT_MAX_PAGE_SIZE, webhooks: Any = None) -> None:
         self.backend = backend
         self.schema: Schema = backend.schema
-        self.store = backend.store
-        self.tx = Transactions(self.store)
+        self.tx = backend.transactions
         self.serializer = BCSerializer(self.schema)
         self.tenant_aliases = {t.lower() for t in (tenant_aliases or set())}
         self.max_page_size = max_page_size
@@ -212,7 +210,7 @@ class BCService:
         entity = self.backend.company_entity
         opts = self._options(req, entity)
         with self.tx.connection(False) as conn:
-            page = self.backend.runner.run(conn, entity, opts)
+            page = self.backend.query(conn, entity, None, opts)
         value = self.serializer.records(entity, page.rows, opts.select, [], "")
         payload: dict[str, Any] = {"@odata.context": f"{root_url}/$metadata#companies"}
         if page.count is not None:
@@ -224,8 +222,7 @@ class BCService:
         entity = self.backend.company_entity
         opts = self._options(req, entity)
         with self.tx.connection(False) as conn:
-            row = self.store.get(conn, entity, company.id)
-        assert row is not None
+            row = self.backend.company_row(conn, company)
         record = self.serializer.records(entity, [row], opts.select, [], "")[0]
         return self._json(200, {"@odata.context": f"{root_url}/$metadata#companies/$entity", **record})
 
@@ -281,16 +278,11 @@ class BCService:
         except engine.InvalidValue:
             raise BCError(400, "BadRequest_NotFound", "Bad Request - Error in query syntax.") from None
 
-    def _scope_condition(self, entity: EntityType, company: Company) -> list[Any]:
-        table = self.store.table(entity)
-        return [table.c[entity.scope_property] == company.id] if entity.scope_property else []
-
     def count(self, req: Request, entity: EntityType, company: Company) -> Result:
         opts = self._options(req, entity)
         opts.count, opts.top, opts.skip = True, None, None
         with self.tx.connection(False) as conn:
-            page = self.backend.runner.run(conn, entity, opts, conditions=self._scope_condition(entity, company),
-                                           page_size=0)
+            page = self.backend.query(conn, entity, company.id, opts, page_size=0)
         return Result(200, [("Content-Type", "text/plain")], str(page.count).encode())
 
     def _page_size(self, req: Request) -> tuple[int, bool]:
@@ -304,15 +296,14 @@ class BCService:
             after = None
             if token is not None:
                 try:
-                    after = self.store.get(conn, entity, parse_guid(token), company.id)
+                    after = self.backend.get(conn, entity, company.id, parse_guid(token))
                 except engine.InvalidValue:
                     after = None
                 if after is None:
                     raise exc.bad_request("The $skiptoken value is not valid.")
             if not opts.orderby and entity.alternate_keys:
                 opts.orderby = [(p, False) for p in entity.alternate_keys[0].properties]
-            page = self.backend.runner.run(conn, entity, opts, conditions=self._scope_condition(entity, company),
-                                           page_size=page_size, after=after)
+            page = self.backend.query(conn, entity, company.id, opts, page_size=page_size, after=after)
         payload: dict[str, Any] = {"@odata.context": context_base + self._select_fragment(opts)}
         if page.count is not None:
             payload["@odata.count"] = page.count
@@ -342,12 +333,11 @@ class BCService:
     def retrieve(self, req: Request, entity: EntityType, company: Company, key: str, context_base: str) -> Result:
         opts = self._options(req, entity)
         with self.tx.connection(False) as conn:
-            self.backend.runner.check_select(entity, opts.select)
-            self.backend.runner.check_expand(entity, opts.expand)
-            row = self.store.get(conn, entity, key, company.id)
+            self.backend.check_query(entity, opts.select, opts.expand)
+            row = self.backend.get(conn, entity, company.id, key)
             if row is None:
                 raise exc.resource_not_found(entity.set_name)
-            self.backend.runner.expand(conn, entity, [row], opts.expand)
+            self.backend.expand(conn, entity, [row], opts.expand)
         record = self.serializer.records(entity, [row], opts.select, opts.expand, company.lcy)[0]
         return self._json(200, {"@odata.context": context_base + self._select_fragment(opts) + "/$entity",
                                 **record})
@@ -362,10 +352,10 @@ class BCService:
         target = self.backend.entity(nav.target)
         opts = self._options(req, target)
         with self.tx.connection(False) as conn:
-            row = self.store.get(conn, entity, key, company.id)
+            row = self.backend.get(conn, entity, company.id, key)
             if row is None:
                 raise exc.resource_not_found(entity.set_name)
-            related = self.store.get(conn, target, row[nav.via], company.id) if row.get(nav.via) else None
+            related = self.backend.related(conn, entity, company.id, row, nav)
         if related is None:
             raise exc.resource_not_found(nav.name)
         record = self.serializer.records(target, [related], opts.select, [], company.lcy)[0]
