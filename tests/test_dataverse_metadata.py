@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from mockservers.dataverse.exceptions import DataverseError
 from mockservers.dataverse.metadata import (
-    MetadataError,
     attribute_definitions,
     entity_definition,
     key_definitions,
@@ -138,8 +138,8 @@ def run(query: MetadataQuery, path: str, **options: str) -> dict[str, Any]:
     return body
 
 
-def refused(query: MetadataQuery, path: str, **options: str) -> MetadataError:
-    with pytest.raises(MetadataError) as info:
+def refused(query: MetadataQuery, path: str, **options: str) -> DataverseError:
+    with pytest.raises(DataverseError) as info:
         query.execute(path.split("/"), {f"${k}": v for k, v in options.items()})
     return info.value
 

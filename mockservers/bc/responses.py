@@ -28,7 +28,6 @@ from .filters import BCFilters
 from .models import BCBackend, Company
 from .serializer import BCSerializer, parse_bc_etag
 from .tables import entity_info
-from .webhooks import WebhookError
 
 STANDARD_API = ("v2.0",)
 SUCCESS_TYPE = "application/json; odata.metadata=minimal; odata.streaming=true"
@@ -134,12 +133,7 @@ class BCService:
 
     def _dispatch(self, req: Request) -> Result:
         check_query_options(req.args)
-        try:
-            route = self.route(req.path)
-        except EnvironmentMissing:
-            body = ('<?xml version="1.0" encoding="utf-8"?><error xmlns="http://docs.oasis-open.org/odata/ns/metadata">'
-                    "<code>NoEnvironment</code><message>Environment does not exist.</message></error>")
-            return Result(404, [("Content-Type", "application/xml")], body.encode())
+        route = self.route(req.path)
         root_url = req.base_url + route.root_path
         rest = route.rest
         if not rest:
@@ -435,31 +429,28 @@ class BCService:
         if len(rest) > 1:
             raise exc.resource_not_found(rest[1].name)
         context = f"{root_url}/$metadata#subscriptions"
-        try:
-            if head.key is None:
-                if req.method == "GET":
-                    return self._json(200, {"@odata.context": context, "value": hooks.list()})
-                if req.method == "POST":
-                    body = self._body(req)
-                    self._check_subscription_company(body)
-                    created = hooks.create(body, user_id=req.principal.get("oid", ""),
-                                           api_prefix=self._api_prefix(req))
-                    location = f"{root_url}/subscriptions('{created['subscriptionId']}')"
-                    return self._json(201, {"@odata.context": context + "/$entity", **created},
-                                      [("Location", location)])
-                raise exc.method_not_allowed(req.method, "subscriptions")
-            sub_id = head.key.strip("'")
+        if head.key is None:
             if req.method == "GET":
-                return self._json(200, {"@odata.context": context + "/$entity", **hooks.get(sub_id)})
-            if req.method == "PATCH":
-                renewed = hooks.renew(sub_id, self._body(req), req.headers.get("If-Match"))
-                return self._json(200, {"@odata.context": context + "/$entity", **renewed})
-            if req.method == "DELETE":
-                hooks.delete(sub_id, req.headers.get("If-Match"))
-                return Result(204)
+                return self._json(200, {"@odata.context": context, "value": hooks.list()})
+            if req.method == "POST":
+                body = self._body(req)
+                self._check_subscription_company(body)
+                created = hooks.create(body, user_id=req.principal.get("oid", ""),
+                                       api_prefix=self._api_prefix(req))
+                location = f"{root_url}/subscriptions('{created['subscriptionId']}')"
+                return self._json(201, {"@odata.context": context + "/$entity", **created},
+                                  [("Location", location)])
             raise exc.method_not_allowed(req.method, "subscriptions")
-        except WebhookError as error:
-            raise BCError(error.status, error.code, error.message) from error
+        sub_id = head.key.strip("'")
+        if req.method == "GET":
+            return self._json(200, {"@odata.context": context + "/$entity", **hooks.get(sub_id)})
+        if req.method == "PATCH":
+            renewed = hooks.renew(sub_id, self._body(req), req.headers.get("If-Match"))
+            return self._json(200, {"@odata.context": context + "/$entity", **renewed})
+        if req.method == "DELETE":
+            hooks.delete(sub_id, req.headers.get("If-Match"))
+            return Result(204)
+        raise exc.method_not_allowed(req.method, "subscriptions")
 
     def _check_subscription_company(self, body: Any) -> None:
         """A subscription must name a company of this environment, or it could never fire."""
@@ -565,8 +556,16 @@ def check_query_options(args: MultiDict) -> None:
         raise exc.bad_request(f"The query parameter '{name}' is not supported.")
 
 
-class EnvironmentMissing(Exception):
+class EnvironmentMissing(BCError):
     """The environment segment names no environment of this tenant (answered in XML, as SaaS does)."""
+
+    def __init__(self) -> None:
+        super().__init__(404, "NoEnvironment", "Environment does not exist.")
+
+    def result(self, correlation_id: str | None = None) -> Result:
+        body = ('<?xml version="1.0" encoding="utf-8"?><error xmlns="http://docs.oasis-open.org/odata/ns/metadata">'
+                f"<code>{self.code}</code><message>{self.message}</message></error>")
+        return Result(self.status, [("Content-Type", "application/xml")], body.encode())
 
 
 class _RollBack(Exception):

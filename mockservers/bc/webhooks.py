@@ -28,6 +28,7 @@ import requests
 import sqlalchemy as sa
 
 from ..odata.values import format_datetime
+from .exceptions import BCError
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +55,8 @@ _RESOURCE = re.compile(
 )
 
 
-class WebhookError(Exception):
-    """A failure the app answers with BC's envelope; `message` lacks the CorrelationId suffix."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
+class WebhookError(BCError):
+    """A subscription request BC refuses (answered in BC's envelope like every other BCError)."""
 
 
 def _bad_request(message: str, code: str = "BadRequest") -> WebhookError:

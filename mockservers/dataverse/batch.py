@@ -41,6 +41,8 @@ from urllib.parse import urlsplit
 
 from werkzeug.datastructures import Headers
 
+from .exceptions import DataverseError
+
 CRLF = "\r\n"
 MAX_OPERATIONS = 1000
 API_ROOT_PATH = "/api/data/v9.2"
@@ -57,17 +59,14 @@ _STRUCTURE_DEFECTS = (
 )
 
 
-class BatchFormatError(Exception):
+class BatchFormatError(DataverseError):
     """The batch body cannot be executed at all; the app answers ``status`` in the Dataverse envelope."""
 
     def __init__(self, message: str, *, status: int = 400, code: str = "0x0") -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
+        super().__init__(status, code, message)
 
     def envelope(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message}}
+        return self.body()
 
 
 @dataclass

@@ -23,16 +23,6 @@ _ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://bc-dataverse-sandbox.inv
 _LOOKUP_COLUMN = re.compile(r"^_(?P<name>.+)_value$")
 
 
-class MetadataError(Exception):
-    """A metadata request the real service refuses; the app renders ``{"error":{"code","message"}}``."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 # --------------------------------------------------------------------------------------------------
 # Building blocks
 # --------------------------------------------------------------------------------------------------

@@ -21,12 +21,12 @@ from mockservers.odata.filter_syntax import Junction
 from mockservers.odata.query import split_top_level as split_options
 from mockservers.odata.schema import AlternateKey, Edm, EntityType, Property, Schema
 
+from .exceptions import DataverseError
 from .metadata import (
     ATTRIBUTE_CLASSES,
     BASE_ATTRIBUTE_FIELDS,
     CRM,
     ENTITY_NAVIGATIONS,
-    MetadataError,
     Relationship,
     attribute_class,
     attribute_definition,
@@ -55,7 +55,7 @@ def parse_filter(text: str) -> ast._Node:
     try:
         return parse_odata_filter(text)
     except ODataError as exc:
-        raise MetadataError(400, "0x80060888", exc.message) from exc
+        raise DataverseError(400, "0x80060888", exc.message) from exc
 
 
 class _FilterEvaluator(NodeVisitor):
@@ -66,7 +66,7 @@ class _FilterEvaluator(NodeVisitor):
 
     def visit_Identifier(self, node: ast.Identifier) -> Any:
         if node.namespace:
-            raise MetadataError(400, "0x0", f"Unsupported identifier '{node.full_name()}' in $filter.")
+            raise DataverseError(400, "0x0", f"Unsupported identifier '{node.full_name()}' in $filter.")
         return self.record.get(node.name)
 
     def visit_Attribute(self, node: ast.Attribute) -> Any:
@@ -78,9 +78,9 @@ class _FilterEvaluator(NodeVisitor):
             try:
                 value = node.py_val
             except (ValueError, NotImplementedError) as exc:
-                raise MetadataError(400, "0x80060888", f"Invalid literal in $filter: {exc}") from exc
+                raise DataverseError(400, "0x80060888", f"Invalid literal in $filter: {exc}") from exc
             return str(value) if isinstance(node, ast.GUID) else value
-        raise MetadataError(
+        raise DataverseError(
             400, "0x80060888", f"The {type(node).__name__} expression is not supported in metadata queries."
         )
 
@@ -95,12 +95,12 @@ class _FilterEvaluator(NodeVisitor):
     def visit_UnaryOp(self, node: ast.UnaryOp) -> bool:
         if isinstance(node.op, ast.Not):
             return not self.visit(node.operand)
-        raise MetadataError(400, "0x80060888", "Arithmetic is not supported in metadata queries.")
+        raise DataverseError(400, "0x80060888", "Arithmetic is not supported in metadata queries.")
 
     def visit_Compare(self, node: ast.Compare) -> bool:
         left, right = _comparable(self.visit(node.left)), self.visit(node.right)
         if isinstance(left, Mapping | list):
-            raise MetadataError(400, "0x0", "Only primitive and enum properties can be compared in $filter.")
+            raise DataverseError(400, "0x0", "Only primitive and enum properties can be compared in $filter.")
         op = node.comparator
         if isinstance(op, ast.In):
             return left in [_comparable(v) for v in right]
@@ -114,7 +114,7 @@ class _FilterEvaluator(NodeVisitor):
         try:
             return _ORDERING[type(op)](left, right)
         except TypeError as exc:
-            raise MetadataError(400, "0x0", f"Cannot compare {left!r} with {right!r}.") from exc
+            raise DataverseError(400, "0x0", f"Cannot compare {left!r} with {right!r}.") from exc
 
 
 _ORDERING: dict[type, Callable[[Any, Any], bool]] = {
@@ -154,7 +154,7 @@ def split_top_level(text: str, separator: str) -> list[str]:
     try:
         return [p.strip() for p in split_options(text, separator) if p.strip()] if text else []
     except QuerySyntaxError as error:
-        raise MetadataError(400, "0x80060888", error.message) from error
+        raise DataverseError(400, "0x80060888", error.message) from error
 
 
 @dataclass
@@ -169,7 +169,7 @@ class QueryOptions:
     def parse(cls, options: Mapping[str, str]) -> QueryOptions:
         for name in options:
             if name.lower() in _UNSUPPORTED_OPTIONS:
-                raise MetadataError(
+                raise DataverseError(
                     400, "0x80060888", f"The query option '{name}' is not supported for metadata."
                 )
         parsed = cls()
@@ -180,12 +180,12 @@ class QueryOptions:
         for item in split_top_level(options.get("$expand", ""), ","):
             match = re.fullmatch(r"(?P<name>\w+)(?:\((?P<inner>.*)\))?", item, re.DOTALL)
             if match is None:
-                raise MetadataError(400, "0x80060888", f"Invalid $expand item '{item}'.")
+                raise DataverseError(400, "0x80060888", f"Invalid $expand item '{item}'.")
             inner: dict[str, str] = {}
             for option in split_top_level(match.group("inner") or "", ";"):
                 key, sep, value = option.partition("=")
                 if not sep:
-                    raise MetadataError(400, "0x80060888", f"Invalid option '{option}' in $expand.")
+                    raise DataverseError(400, "0x80060888", f"Invalid option '{option}' in $expand.")
                 inner[key.strip()] = value
             parsed.expand[match.group("name")] = cls.parse(inner)
         return parsed
@@ -219,7 +219,7 @@ class MetadataQuery:
 
     ``execute`` takes the URL path segments from ``EntityDefinitions`` on (already split on ``/`` and
     percent-decoded) and the query options, and returns ``(status, body)``; refusals raise
-    ``MetadataError``.
+    ``DataverseError``.
     """
 
     def __init__(self, schema: Schema, service_root: str) -> None:
@@ -232,13 +232,13 @@ class MetadataQuery:
     def execute(self, segments: Sequence[str], options: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
         query = QueryOptions.parse(options)
         if not segments:
-            raise MetadataError(404, "0x8006088a", "Resource not found for the segment ''.")
+            raise DataverseError(404, "0x8006088a", "Resource not found for the segment ''.")
         name, key = self._segment(segments[0])
         if name != "EntityDefinitions":
-            raise MetadataError(404, "0x8006088a", f"Resource not found for the segment '{segments[0]}'.")
+            raise DataverseError(404, "0x8006088a", f"Resource not found for the segment '{segments[0]}'.")
         if key is None:
             if len(segments) > 1:
-                raise MetadataError(404, "0x8006088a", f"Resource not found for the segment '{segments[1]}'.")
+                raise DataverseError(404, "0x8006088a", f"Resource not found for the segment '{segments[1]}'.")
             items = [_Item(entity_definition(e), e) for e in self.schema]
             return 200, self._collection("EntityDefinitions", "EntityMetadata", items, query)
         entity = self._entity_by_key(key)
@@ -254,19 +254,19 @@ class MetadataQuery:
     def _segment(segment: str) -> tuple[str, str | None]:
         match = _SEGMENT.match(segment)
         if match is None:
-            raise MetadataError(404, "0x8006088a", f"Resource not found for the segment '{segment}'.")
+            raise DataverseError(404, "0x8006088a", f"Resource not found for the segment '{segment}'.")
         return match.group("name"), match.group("key")
 
     def _entity_by_key(self, key: str) -> EntityType:
         lookup = _parse_key(key, "LogicalName")
         if lookup[0] not in ("LogicalName", "MetadataId"):
-            raise MetadataError(400, "0x80060888", f"'{lookup[0]}' is not a key of EntityDefinitions.")
+            raise DataverseError(400, "0x80060888", f"'{lookup[0]}' is not a key of EntityDefinitions.")
         if lookup[0] == "MetadataId":
             entity = self._entity_ids.get(lookup[1].lower())
         else:
             entity = self.schema.entity(lookup[1])
         if entity is None:
-            raise MetadataError(
+            raise DataverseError(
                 404, "0x80040217", f"Could not find an entity with {lookup[0]} = '{lookup[1]}'."
             )
         return entity
@@ -289,7 +289,7 @@ class MetadataQuery:
             return self._keyed_or_collection(
                 base, "OneToManyRelationshipMetadata", items, key, "SchemaName", query
             )
-        raise MetadataError(404, "0x8006088a", f"Resource not found for the segment '{segments[0]}'.")
+        raise DataverseError(404, "0x8006088a", f"Resource not found for the segment '{segments[0]}'.")
 
     def _attributes(
         self, entity: EntityType, key: str | None, rest: list[str], base: str, query: QueryOptions
@@ -298,7 +298,7 @@ class MetadataQuery:
         if rest:
             cast = self._cast(rest[0])
             if len(rest) > 1:
-                raise MetadataError(404, "0x8006088a", f"Resource not found for the segment '{rest[1]}'.")
+                raise DataverseError(404, "0x8006088a", f"Resource not found for the segment '{rest[1]}'.")
             base = f"{base}/{rest[0]}"
         type_name = cast or "AttributeMetadata"
         items = []
@@ -313,7 +313,7 @@ class MetadataQuery:
         prefix = f"{CRM}."
         name = segment[len(prefix) :] if segment.startswith(prefix) else None
         if name not in ATTRIBUTE_CLASSES:
-            raise MetadataError(404, "0x8006088a", f"Resource not found for the segment '{segment}'.")
+            raise DataverseError(404, "0x8006088a", f"Resource not found for the segment '{segment}'.")
         return name
 
     def _keyed_or_collection(
@@ -331,7 +331,7 @@ class MetadataQuery:
         for item in items:
             if str(item.data.get(prop, "")).lower() == value.lower():
                 return self._single(base, type_name, item, query)
-        raise MetadataError(404, "0x80040217", f"Could not find a {type_name} with {prop} = '{value}'.")
+        raise DataverseError(404, "0x80040217", f"Could not find a {type_name} with {prop} = '{value}'.")
 
     # -- shaping -----------------------------------------------------------------------------------
 
@@ -346,7 +346,7 @@ class MetadataQuery:
 
     def _single(self, path: str, type_name: str, item: _Item, query: QueryOptions) -> dict[str, Any]:
         if query.filter is not None:
-            raise MetadataError(400, "0x80060888", "The query option '$filter' applies to collections only.")
+            raise DataverseError(400, "0x80060888", "The query option '$filter' applies to collections only.")
         (row,) = self._apply(type_name, [item], query)
         return {"@odata.context": self._context(path, query) + "/$entity", **row}
 
@@ -413,7 +413,7 @@ class MetadataQuery:
     @staticmethod
     def _apply_plain(data: dict[str, Any], query: QueryOptions) -> dict[str, Any]:
         if query.filter is not None or query.expand:
-            raise MetadataError(400, "0x80060888", "Only $select is supported inside an expanded OptionSet.")
+            raise DataverseError(400, "0x80060888", "Only $select is supported inside an expanded OptionSet.")
         if not query.select or "*" in query.select:
             return data
         for name in query.select:
@@ -461,8 +461,8 @@ def _sample_fields() -> dict[str, tuple[str, ...]]:
 _SAMPLE_FIELDS = _sample_fields()
 
 
-def _unknown_property(name: str, type_name: str) -> MetadataError:
-    return MetadataError(400, "0x0", f"Could not find a property named '{name}' on type '{CRM}.{type_name}'.")
+def _unknown_property(name: str, type_name: str) -> DataverseError:
+    return DataverseError(400, "0x0", f"Could not find a property named '{name}' on type '{CRM}.{type_name}'.")
 
 
 def _parse_key(key: str, default_property: str) -> tuple[str, str]:
@@ -475,4 +475,4 @@ def _parse_key(key: str, default_property: str) -> tuple[str, str]:
         return named.group("prop"), named.group("value").replace("''", "'")
     if len(key) >= 2 and key[0] == key[-1] == "'":
         return default_property, key[1:-1].replace("''", "'")
-    raise MetadataError(400, "0x80060888", f"Bad key '{key}'.")
+    raise DataverseError(400, "0x80060888", f"Bad key '{key}'.")

@@ -28,7 +28,6 @@ from ..odata.values import to_json
 from . import batch as batch_protocol
 from . import exceptions as exc
 from .exceptions import DataverseError
-from .metadata import MetadataError
 from .metadata_query import MetadataQuery
 from .models import Caller, DataverseBackend, parse_etag
 from .paging import PagingCookie, paging_cookie, read_paging_cookie
@@ -98,8 +97,6 @@ class DataverseService:
             return self._dispatch(req)
         except DataverseError as error:
             return error.result()
-        except MetadataError as error:
-            return DataverseError(error.status, error.code, error.message).result()
         except engine.ODataError as error:
             return exc.from_engine(error).result()
 
