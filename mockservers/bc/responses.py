@@ -156,8 +156,6 @@ class BCService:
                 return self.list_companies(req, root_url)
             company = self._company(head.key)
             if len(rest) == 1:
-                if req.method != "GET":
-                    raise exc.method_not_allowed(req.method, "companies")
                 return self.get_company(req, root_url, company)
             return self.entity_request(req, route, root_url, company, rest[1:], scoped_context=True)
         company_arg = req.args.get("company")
@@ -198,10 +196,15 @@ class BCService:
         return Result.json(status, payload, headers, content_type=SUCCESS_TYPE)
 
     # -- companies ---------------------------------------------------------------------------
+    @staticmethod
+    def _read_only(entity: EntityType, req: Request) -> None:
+        """A set its declaration marks read-only (companies) answers GET and nothing else."""
+        if entity_info(entity).read_only and req.method != "GET":
+            raise exc.method_not_allowed(req.method, entity.set_name)
+
     def list_companies(self, req: Request, root_url: str) -> Result:
-        if req.method != "GET":
-            raise exc.method_not_allowed(req.method, "companies")
         entity = self.backend.company_entity
+        self._read_only(entity, req)
         opts = self._options(req, entity)
         with self.tx.connection(False) as conn:
             page = self.backend.query(conn, entity, None, opts)
@@ -214,6 +217,7 @@ class BCService:
 
     def get_company(self, req: Request, root_url: str, company: Company) -> Result:
         entity = self.backend.company_entity
+        self._read_only(entity, req)
         opts = self._options(req, entity)
         with self.tx.connection(False) as conn:
             row = self.backend.company_row(conn, company)

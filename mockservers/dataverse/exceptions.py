@@ -15,7 +15,8 @@ class DataverseError(ServiceError):
         return Result.json(self.status, self.body(), list(self.headers.items()))
 
 
-# Codes from the Dataverse error list (reference §5.2).
+# Codes from the Dataverse error list
+# (https://learn.microsoft.com/en-us/power-apps/developer/data-platform/reference/web-service-error-codes).
 OBJECT_DOES_NOT_EXIST = "0x80040217"
 RESOURCE_NOT_FOUND = "0x8006088a"
 DUPLICATE_RECORD = "0x80040237"
@@ -27,6 +28,7 @@ STRING_TOO_LONG = "0x80044331"
 INVALID_ARGUMENT = "0x80040203"
 NOT_SUPPORTED = "0x80040315"
 QUERY_PROPERTY_ERROR = "0x80060888"
+REQUIRED_FIELD_MISSING = "0x80040200"  # RequiredFieldMissing
 
 
 def not_found(entity: str, key: object) -> DataverseError:

@@ -267,9 +267,13 @@ def attribute_class(entity: EntityType, prop: Property) -> str:
 
 
 def _required_level(entity: EntityType, prop: Property) -> dict[str, Any]:
+    """The declared level; the primary key is always SystemRequired."""
+    declared = table_info(entity).required_level(attribute_name(prop))
     if prop.name == entity.key:
         level = "SystemRequired"
-    elif prop.required:
+    elif declared is not None:
+        level = declared
+    elif prop.required:  # a hand-built table that marks a column required without a level
         level = "ApplicationRequired"
     else:
         level = "None"
@@ -346,7 +350,8 @@ def attribute_definition(entity: EntityType, prop: Property, column_number: int 
         "IsPrimaryId": prop.name == entity.key,
         "IsPrimaryName": prop.name == entity.primary_name,
         "IsValidForCreate": writable or prop.name == entity.key,
-        "IsValidForUpdate": writable and prop.name != entity.key,
+        "IsValidForUpdate": (writable and prop.name != entity.key
+                             and logical not in table_info(entity).create_only),
         "IsValidForRead": True,
         "IsCustomAttribute": custom,
         "IsManaged": not custom,

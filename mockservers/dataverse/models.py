@@ -401,6 +401,24 @@ class DataverseBackend:
         values.update(computed_values(entity, merged))
         self._money(conn, entity, values, merged)
 
+    def _system_required(self, entity: EntityType, values: dict[str, Any], *, creating: bool) -> None:
+        """SystemRequired columns need a value: on create (their default if they have one), and an
+        update cannot clear them. ApplicationRequired is left to apps, as the platform does
+        (https://learn.microsoft.com/en-us/power-apps/developer/data-platform/entity-attribute-metadata#column-requirement-level).
+        """
+        for attribute, level in table_info(entity).required_levels.items():
+            if level != "SystemRequired":
+                continue
+            prop = entity.property(attribute) or entity.property(f"_{attribute}_value")
+            assert prop is not None, f"{entity.name}.{attribute} is declared"
+            if creating and values.get(prop.name) is None and prop.default is not None:
+                values[prop.name] = prop.default
+            if (creating or prop.name in values) and values.get(prop.name) is None:
+                raise DataverseError(
+                    400, exc.REQUIRED_FIELD_MISSING,
+                    f"Required field missing. The column '{attribute}' of '{entity.name}' is SystemRequired and "
+                    "has no value.")
+
     def _state_and_status(self, entity: EntityType, values: dict, *, creating: bool, existing: Row | None) -> None:
         state_prop, status_prop = entity.property("statecode"), entity.property("statuscode")
         if state_prop is None or status_prop is None or status_prop.options is None:
@@ -450,6 +468,7 @@ class DataverseBackend:
         if not values.get(entity.key):
             values[entity.key] = str(uuid.uuid4())
         self._server_columns(conn, entity, values, caller, creating=True, existing=None)
+        self._system_required(entity, values, creating=True)
         try:
             row = self.store.insert(conn, entity, values)
         except engine.ODataError as error:
@@ -476,7 +495,9 @@ class DataverseBackend:
         if existing is None:
             raise exc.not_found(entity.name, key)
         values, deferred = self.prepare(conn, entity, body, creating=False, caller=caller, existing=existing)
+        _drop_create_only(entity, values)
         self._server_columns(conn, entity, values, caller, creating=False, existing=existing)
+        self._system_required(entity, values, creating=False)
         try:
             row = self.store.update(conn, entity, key, values, if_version=if_version)
         except engine.ODataError as error:
@@ -568,6 +589,14 @@ def parse_etag(value: str) -> int | None:
     """The row version in a `W/"<n>"` ETag (None when the value is not one)."""
     m = re.fullmatch(r'\s*(?:W/)?"(\d+)"\s*', value)
     return int(m.group(1)) if m else None
+
+
+def _drop_create_only(entity: EntityType, values: dict[str, Any]) -> None:
+    """An update ignores values of attributes that are valid for create only (IsValidForUpdate false)
+    (https://learn.microsoft.com/en-us/dotnet/api/microsoft.xrm.sdk.messages.updaterequest.target#remarks)."""
+    for attribute in table_info(entity).create_only:
+        for column in (attribute, f"_{attribute}_value", f"{attribute}_type"):
+            values.pop(column, None)
 
 
 def _link(entity: EntityType, row: Row, nav: Navigation) -> dict[str, Any]:
