@@ -149,3 +149,244 @@ def test_an_update_ignores_create_only_columns(sandbox, dv: requests.Session) ->
     assert resp.status_code == 204, resp.text
     after = dv.get(f"{sandbox.api}/uoms({unit['uomid']})").json()
     assert (after["_uomscheduleid_value"], float(after["quantity"])) == (UNIT_GROUP, 24.0)
+
+
+# -- supported messages and the SDK message tables derived from them -----------------------------------
+
+BULK = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
+NOT_SUPPORTED = "0x80040800"
+
+
+def _not_supported(message: str, table: str) -> str:
+    return (f"The '{message}' method does not support entities of type '{table}'. "
+            "MessageProcessorCache returned MessageProcessor.Empty.")
+
+
+@pytest.mark.parametrize("table", ["account", "contact", "product"])
+def test_the_documented_bulk_detection_query_finds_all_three_messages(sandbox, dv: requests.Session,
+                                                                      table: str) -> None:
+    """The query of https://learn.microsoft.com/en-us/power-apps/developer/data-platform/bulk-operations
+    #availability-with-standard-tables, with the three messages in one `or` and the message names expanded."""
+    messages = " or ".join(f"sdkmessageid/name eq '{m}'" for m in BULK)
+    resp = dv.get(f"{sandbox.api}/sdkmessagefilters", params={
+        "$select": "sdkmessagefilterid",
+        "$filter": f"primaryobjecttypecode eq '{table}' and ({messages})",
+        "$expand": "sdkmessageid($select=name)",
+    })
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["@odata.context"] == f"{sandbox.api}/$metadata#sdkmessagefilters(sdkmessagefilterid,sdkmessageid(name))"
+    assert sorted(f["sdkmessageid"]["name"] for f in body["value"]) == sorted(BULK)
+    assert all(set(f) >= {"@odata.etag", "sdkmessagefilterid", "sdkmessageid"} for f in body["value"])
+
+
+@pytest.mark.parametrize(("table", "message", "found"), [
+    ("account", "CreateMultiple", 1), ("product", "UpdateMultiple", 1), ("contact", "UpsertMultiple", 1),
+    ("team", "CreateMultiple", 0), ("transactioncurrency", "UpdateMultiple", 0), ("account", "Create", 1),
+    ("sdkmessage", "Create", 0), ("organization", "Update", 1),
+])
+def test_the_aliased_detection_query_answers_per_table(sandbox, dv: requests.Session, table: str, message: str,
+                                                       found: int) -> None:
+    """The documented form with parameter aliases: one filter id when the table supports the message."""
+    resp = dv.get(f"{sandbox.api}/sdkmessagefilters?$select=sdkmessagefilterid&$filter=sdkmessageid/name eq "
+                  f"@message and primaryobjecttypecode eq @table&@message='{message}'&@table='{table}'")
+    assert resp.status_code == 200, resp.text
+    assert len(resp.json()["value"]) == found
+
+
+def test_message_filters_are_derived_from_every_declaration(sandbox, dv: requests.Session) -> None:
+    from mockservers.dataverse.tables import table_info
+
+    backend = sandbox.sandbox.backends["dataverse"]
+    resp = dv.get(f"{sandbox.api}/sdkmessagefilters", params={
+        "$select": "primaryobjecttypecode", "$expand": "sdkmessageid($select=name)"},
+        headers={"Prefer": "odata.maxpagesize=5000"})
+    assert resp.status_code == 200 and "@odata.nextLink" not in resp.json()
+    served: dict[str, set[str]] = {}
+    for row in resp.json()["value"]:
+        served.setdefault(row["primaryobjecttypecode"], set()).add(row["sdkmessageid"]["name"])
+    assert served == {e.name: set(table_info(e).messages) for e in backend.schema}
+    names = {m["name"] for m in dv.get(f"{sandbox.api}/sdkmessages", params={"$select": "name"}).json()["value"]}
+    assert names >= set().union(*served.values()) | {"WhoAmI", "RetrieveVersion", "RetrieveCurrentOrganization"}
+
+
+def test_a_bulk_message_the_table_does_not_support_is_refused(sandbox, dv: requests.Session) -> None:
+    name = f"Bulk team {uuid.uuid4().hex[:6]}"
+    resp = dv.post(f"{sandbox.api}/teams/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": [{
+        "@odata.type": "Microsoft.Dynamics.CRM.team", "name": name,
+        "businessunitid@odata.bind": f"/businessunits({ROOT_BUSINESS_UNIT})"}]})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"] == {"code": NOT_SUPPORTED, "message": _not_supported("CreateMultiple", "team")}
+    assert _count(dv, sandbox.api, "teams", f"name eq '{name}'") == 0
+
+
+@pytest.mark.parametrize(("method", "path", "body", "message", "table"), [
+    ("POST", "sdkmessages", {"name": "MyMessage", "categoryname": "x", "availability": 0, "isreadonly": False},
+     "Create", "sdkmessage"),
+    ("PATCH", "sdkmessages({message})", {"name": "Renamed"}, "Update", "sdkmessage"),
+    ("DELETE", "sdkmessages({message})", None, "Delete", "sdkmessage"),
+    ("POST", "sdkmessagefilters", {"availability": 0}, "Create", "sdkmessagefilter"),
+    ("PATCH", "sdkmessagefilters({filter})", {"name": "x"}, "Update", "sdkmessagefilter"),
+    ("DELETE", "sdkmessagefilters({filter})", None, "Delete", "sdkmessagefilter"),
+    ("POST", "organizations", {"name": "Second org"}, "Create", "organization"),
+    ("DELETE", "organizations({organization})", None, "Delete", "organization"),
+    ("POST", "sdkmessages/Microsoft.Dynamics.CRM.CreateMultiple",
+     {"Targets": [{"@odata.type": "Microsoft.Dynamics.CRM.sdkmessage", "name": "x"}]}, "CreateMultiple",
+     "sdkmessage"),
+])
+def test_system_tables_refuse_writes_as_dataverse_does(
+    sandbox, dv: requests.Session, method: str, path: str, body: dict | None, message: str, table: str
+) -> None:
+    ids = _system_ids(sandbox, dv)
+    before = _snapshot(sandbox, dv)
+    resp = dv.request(method, f"{sandbox.api}/{path.format(**ids)}", json=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"] == {"code": NOT_SUPPORTED, "message": _not_supported(message, table)}
+    assert _snapshot(sandbox, dv) == before
+
+
+def _system_ids(sandbox, dv: requests.Session) -> dict[str, str]:
+    create = dv.get(f"{sandbox.api}/sdkmessages", params={"$filter": "name eq 'Create'"}).json()["value"][0]
+    filter_ = dv.get(f"{sandbox.api}/sdkmessagefilters", params={"$top": "1"}).json()["value"][0]
+    org = dv.get(f"{sandbox.api}/organizations").json()["value"][0]
+    return {"message": create["sdkmessageid"], "filter": filter_["sdkmessagefilterid"],
+            "organization": org["organizationid"]}
+
+
+def _snapshot(sandbox, dv: requests.Session) -> dict[str, list[tuple[str, int]]]:
+    """(id, version) of every row of the three system tables."""
+    out = {}
+    for set_name, key in (("sdkmessages", "sdkmessageid"), ("sdkmessagefilters", "sdkmessagefilterid"),
+                          ("organizations", "organizationid")):
+        rows = dv.get(f"{sandbox.api}/{set_name}", params={"$select": key},
+                      headers={"Prefer": "odata.maxpagesize=5000"}).json()["value"]
+        out[set_name] = sorted((r[key], r["@odata.etag"]) for r in rows)
+    return out
+
+
+# -- organization ---------------------------------------------------------------------------------------
+
+def test_the_organization_row_holds_the_settings_clients_read(sandbox, dv: requests.Session) -> None:
+    resp = dv.get(f"{sandbox.api}/organizations", params={
+        "$select": "name,languagecode,localeid,basecurrencysymbol,currencydecimalprecision,_basecurrencyid_value",
+        "$expand": "basecurrencyid($select=isocurrencycode)"})
+    assert resp.status_code == 200, resp.text
+    (org,) = resp.json()["value"]
+    who = dv.get(f"{sandbox.api}/WhoAmI").json()
+    assert org["organizationid"] == who["OrganizationId"]
+    assert (org["name"], org["languagecode"], org["localeid"], org["basecurrencysymbol"]) == (
+        "Sandbox Org", 1033, 1033, "$")
+    assert org["_basecurrencyid_value"] == USD and org["basecurrencyid"]["isocurrencycode"] == "USD"
+    assert org["currencydecimalprecision"] == 2
+
+
+def test_an_admin_may_update_the_organization_but_not_its_base_currency(sandbox, dv: requests.Session) -> None:
+    org_id = _system_ids(sandbox, dv)["organization"]
+    resp = dv.patch(f"{sandbox.api}/organizations({org_id})", json={
+        "dateformatstring": "dd/MM/yyyy", "basecurrencyid@odata.bind": f"/transactioncurrencies({EUR})"})
+    assert resp.status_code == 204, resp.text
+    org = dv.get(f"{sandbox.api}/organizations({org_id})").json()
+    assert (org["dateformatstring"], org["_basecurrencyid_value"]) == ("dd/MM/yyyy", USD)
+
+
+# -- functions -------------------------------------------------------------------------------------------
+
+def test_retrieve_version_answers_a_version_string(sandbox, dv: requests.Session) -> None:
+    resp = dv.get(f"{sandbox.api}/RetrieveVersion()")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["@odata.context"] == f"{sandbox.api}/$metadata#Microsoft.Dynamics.CRM.RetrieveVersionResponse"
+    major, minor, build, revision = body["Version"].split(".")
+    assert (major, minor) == ("9", "2") and build.isdigit() and revision.isdigit()
+
+
+@pytest.mark.parametrize("path", [
+    "RetrieveCurrentOrganization(AccessType=Microsoft.Dynamics.CRM.EndpointAccessType'Default')",
+    "RetrieveCurrentOrganization(AccessType=@p1)?@p1=Microsoft.Dynamics.CRM.EndpointAccessType'Internet'",
+    "Microsoft.Dynamics.CRM.RetrieveCurrentOrganization(AccessType='Intranet')",
+])
+def test_retrieve_current_organization_describes_this_org(sandbox, dv: requests.Session, path: str) -> None:
+    resp = dv.get(f"{sandbox.api}/{path}")
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["@odata.context"] == (
+        f"{sandbox.api}/$metadata#Microsoft.Dynamics.CRM.RetrieveCurrentOrganizationResponse")
+    detail = body["Detail"]
+    org = dv.get(f"{sandbox.api}/organizations", params={"$select": "name"}).json()["value"][0]
+    assert (detail["OrganizationId"], detail["FriendlyName"]) == (org["organizationid"], org["name"])
+    assert detail["TenantId"] == sandbox.info["tenant_id"]
+    assert detail["OrganizationVersion"] == dv.get(f"{sandbox.api}/RetrieveVersion()").json()["Version"]
+    assert detail["State"] == "Enabled"
+    endpoints = detail["Endpoints"]
+    assert endpoints["Keys"] == ["WebApplication", "OrganizationService", "OrganizationDataService"]
+    assert endpoints["Count"] == 3 and endpoints["Values"][0] == sandbox.info["dataverse"]["url"].rstrip("/") + "/"
+
+
+@pytest.mark.parametrize(("path", "status"), [
+    ("RetrieveCurrentOrganization()", 400),
+    ("RetrieveCurrentOrganization(AccessType=Microsoft.Dynamics.CRM.EndpointAccessType'Nowhere')", 400),
+    ("RetrieveCurrentOrganization(AccessType=@missing)", 400),
+    ("RetrieveVersion(Foo=1)", 404),
+])
+def test_function_arguments_are_checked(sandbox, dv: requests.Session, path: str, status: int) -> None:
+    resp = dv.get(f"{sandbox.api}/{path}")
+    assert resp.status_code == status, resp.text
+    assert set(resp.json()["error"]) == {"code", "message"}
+
+
+# -- visible like every other table ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("table", "set_name", "code"), [
+    ("organization", "organizations", 1019), ("sdkmessage", "sdkmessages", 4606),
+    ("sdkmessagefilter", "sdkmessagefilters", 4607),
+])
+def test_system_tables_are_in_entity_definitions(sandbox, dv: requests.Session, table: str, set_name: str,
+                                                 code: int) -> None:
+    resp = dv.get(f"{sandbox.api}/EntityDefinitions(LogicalName='{table}')",
+                  params={"$select": "EntitySetName,ObjectTypeCode,OwnershipType"})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert (body["EntitySetName"], body["ObjectTypeCode"], body["OwnershipType"]) == (set_name, code,
+                                                                                      "OrganizationOwned")
+
+
+def test_metadata_declares_the_system_tables_and_functions(sandbox, dv: requests.Session) -> None:
+    import xml.etree.ElementTree as ET
+
+    edm = "{http://docs.oasis-open.org/odata/ns/edm}"
+    root = ET.fromstring(dv.get(f"{sandbox.api}/$metadata").content)
+    schema = root.find(f".//{edm}Schema")
+    assert schema is not None
+    types = {e.get("Name") for e in schema.findall(f"{edm}EntityType")}
+    assert {"organization", "sdkmessage", "sdkmessagefilter"} <= types
+    sets = {e.get("Name") for e in schema.iter(f"{edm}EntitySet")}
+    assert {"organizations", "sdkmessages", "sdkmessagefilters"} <= sets
+    functions = {f.get("Name"): f for f in schema.findall(f"{edm}Function")}
+    assert {"WhoAmI", "RetrieveVersion", "RetrieveCurrentOrganization"} <= set(functions)
+    (param,) = functions["RetrieveCurrentOrganization"].findall(f"{edm}Parameter")
+    assert (param.get("Name"), param.get("Type")) == ("AccessType", "Microsoft.Dynamics.CRM.EndpointAccessType")
+    nav = next(n for n in schema.find(f"{edm}EntityType[@Name='sdkmessagefilter']").findall(f"{edm}NavigationProperty")
+               if n.get("Name") == "sdkmessageid")
+    assert nav.get("Type") == "mscrm.sdkmessage"
+
+
+def test_system_rows_come_back_unchanged_after_a_reset(tmp_path) -> None:
+    """A reset drops data; the org row and the SDK message rows are rewritten with the same ids."""
+    from mockservers.dataverse.models import DataverseBackend
+
+    def system_keys(backend: DataverseBackend) -> dict[str, set[str]]:
+        with backend.store.read() as conn:
+            return {name: _keys(backend, conn, name) for name in ("organization", "sdkmessage", "sdkmessagefilter")}
+
+    backend = DataverseBackend(f"sqlite:///{tmp_path / 'dv.db'}")
+    before = system_keys(backend)
+    assert len(before["organization"]) == 1 and len(before["sdkmessagefilter"]) > 30
+    backend.reset()
+    assert system_keys(backend) == before
+    reopened = DataverseBackend(f"sqlite:///{tmp_path / 'dv.db'}")  # a restart on the same store adds nothing
+    assert system_keys(reopened) == before
+
+
+def _keys(backend, conn, name: str) -> set[str]:
+    table = backend.store.table(backend.entity(name))
+    return {row[f"{name}id"] for row in conn.execute(table.select()).mappings()}

@@ -59,6 +59,9 @@ TABLES = [
     ("uom", "uoms", "name", "OrganizationOwned", False),
     ("uomschedule", "uomschedules", "name", "OrganizationOwned", False),
     ("bcbi_company", "bcbi_companies", "bcbi_name", "UserOwned", False),
+    ("organization", "organizations", "name", "OrganizationOwned", False),
+    ("sdkmessage", "sdkmessages", "name", "OrganizationOwned", False),
+    ("sdkmessagefilter", "sdkmessagefilters", "name", "OrganizationOwned", False),
 ]
 
 

@@ -41,7 +41,7 @@ def create_app(
     app = Flask("mockservers.dataverse")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     public_url = public_url.rstrip("/")
-    service = DataverseService(backend, public_url + API_PATH)
+    service = DataverseService(backend, public_url + API_PATH, tenant_id=tenant_id)
     sandbox = sandbox or new_sandbox_services()
     allowed_audiences = set(audiences or ()) | {public_url}
     app.extensions["dataverse"] = {"backend": backend, "service": service, "sandbox": sandbox}

@@ -29,6 +29,7 @@ INVALID_ARGUMENT = "0x80040203"
 NOT_SUPPORTED = "0x80040315"
 QUERY_PROPERTY_ERROR = "0x80060888"
 REQUIRED_FIELD_MISSING = "0x80040200"  # RequiredFieldMissing
+SDK_ENTITY_DOES_NOT_SUPPORT_MESSAGE = "0x80040800"
 
 
 def not_found(entity: str, key: object) -> DataverseError:
@@ -37,6 +38,15 @@ def not_found(entity: str, key: object) -> DataverseError:
 
 def segment_not_found(segment: str) -> DataverseError:
     return DataverseError(404, RESOURCE_NOT_FOUND, f"Resource not found for the segment '{segment}'.")
+
+
+def message_not_supported(message: str, table: str) -> DataverseError:
+    """A message (Create, CreateMultiple, …) the table does not answer."""
+    return DataverseError(
+        400, SDK_ENTITY_DOES_NOT_SUPPORT_MESSAGE,
+        f"The '{message}' method does not support entities of type '{table}'. "
+        "MessageProcessorCache returned MessageProcessor.Empty.",
+    )
 
 
 def bad_request(message: str, code: str = PAYLOAD_ERROR) -> DataverseError:

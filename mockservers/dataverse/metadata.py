@@ -183,6 +183,11 @@ ATTRIBUTE_CLASSES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, 
         ("DefaultFormValue",),
         ("OptionSet", "GlobalOptionSet"),
     ),
+    "EntityNameAttributeMetadata": (
+        ("EnumAttributeMetadata", "AttributeMetadata"),
+        ("DefaultFormValue",),
+        ("OptionSet", "GlobalOptionSet"),
+    ),
 }
 
 BASE_ATTRIBUTE_FIELDS = (
@@ -229,6 +234,7 @@ _KINDS = {
     "State": ("State", "StateType", "StateAttributeMetadata"),
     "Status": ("Status", "StatusType", "StatusAttributeMetadata"),
     "Image": ("Virtual", "ImageType", "ImageAttributeMetadata"),
+    "EntityName": ("EntityName", "EntityNameType", "EntityNameAttributeMetadata"),
 }
 _EDM_KINDS = {
     Edm.String: "String",
@@ -322,6 +328,8 @@ def _type_fields(entity: EntityType, prop: Property, kind: str) -> dict[str, Any
     if kind in ("Picklist", "State", "Status"):
         default = prop.options.default if prop.options is not None else None
         return {"DefaultFormValue": default if default is not None else -1}
+    if kind == "EntityName":  # a table's logical name; its option set is not published
+        return {"DefaultFormValue": -1}
     if kind == "Image":
         return {"MaxSizeInKB": 10240}
     return {}

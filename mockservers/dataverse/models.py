@@ -27,9 +27,12 @@ from ..odata.urlpath import KeyPredicate, parse_key, split_path
 from ..odata.values import parse_guid, to_stored
 from . import exceptions as exc
 from .exceptions import DataverseError
+from .functions import FUNCTIONS
 from .tables import bind_navigation, build_schema, computed_values, default_status, table_info
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+_SYSTEM_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "https://bc-dataverse-sandbox.invalid/dataverse/system-rows")
+_READ_ONLY_MESSAGES = {"Retrieve", "RetrieveMultiple"} | {f.name for f in FUNCTIONS.values() if f.read_only}
 
 
 @dataclass
@@ -68,19 +71,19 @@ class DataverseBackend:
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
         data = load_fixture(fixture)
-        org = data.get("organization", {})
-        self.organization = Organization(
-            organization_id=org.get("organizationid", str(uuid.uuid4())),
-            name=org.get("name", "Sandbox"),
+        self._org_settings: dict[str, Any] = data.get("organization", {})
+        self.organization = Organization(  # until the organization row is read
+            organization_id=self._org_settings.get("organizationid", str(uuid.uuid4())),
+            name=self._org_settings.get("name", "Sandbox"),
             base_currency_id=None,
-            business_unit_id=org.get("business_unit"),
+            business_unit_id=self._org_settings.get("business_unit"),
         )
-        self._base_currency_code = org.get("base_currency", "USD")
         with self.store.read() as conn:
             empty = self.store.count(conn, self.entity("systemuser")) == 0
         if empty:
             self.seed(fixture, system_only=True)
-        self._resolve_base_currency()
+        else:
+            self._ensure_system_rows()
 
     # -- lookups ----------------------------------------------------------------------------
     def entity(self, name: str) -> EntityType:
@@ -89,13 +92,17 @@ class DataverseBackend:
             raise KeyError(name)
         return entity
 
-    def _resolve_base_currency(self) -> None:
-        table = self.store.table(self.entity("transactioncurrency"))
-        with self.store.read() as conn:
-            row = conn.execute(
-                table.select().where(table.c.isocurrencycode == self._base_currency_code)
-            ).mappings().first()
-        self.organization.base_currency_id = row["transactioncurrencyid"] if row else None
+    def organization_row(self, conn: Connection) -> Row:
+        """The org's settings as they are now (an admin may have updated them)."""
+        table = self.store.table(self.entity("organization"))
+        row = conn.execute(table.select().limit(1)).mappings().first()
+        assert row is not None, "the organization row is written at start"
+        return dict(row)
+
+    def check_message(self, entity: EntityType, message: str) -> None:
+        """Refuse a message the table does not support, as the platform does (0x80040800)."""
+        if not table_info(entity).supports(message):
+            raise exc.message_not_supported(message, entity.name)
 
     def caller_for_app(self, conn: Connection, app_id: str | None, object_id: str | None) -> Caller | None:
         users = self.store.table(self.entity("systemuser"))
@@ -462,6 +469,7 @@ class DataverseBackend:
 
     def create(self, conn: Connection, entity: EntityType, body: Any, *, caller: Caller,
                key_values: dict[str, Any] | None = None) -> Row:
+        self.check_message(entity, "Create")
         values, deferred = self.prepare(conn, entity, body, creating=True, caller=caller)
         for name, value in (key_values or {}).items():
             values.setdefault(name, value)
@@ -491,6 +499,7 @@ class DataverseBackend:
 
     def update(self, conn: Connection, entity: EntityType, key: str, body: Any, *, caller: Caller,
                if_version: int | None = None) -> Row:
+        self.check_message(entity, "Update")
         existing = self.store.get(conn, entity, key)
         if existing is None:
             raise exc.not_found(entity.name, key)
@@ -538,6 +547,7 @@ class DataverseBackend:
         return self.create(conn, entity, body, caller=caller, key_values=key_values), True
 
     def delete(self, conn: Connection, entity: EntityType, key: str, *, if_version: int | None = None) -> Row:
+        self.check_message(entity, "Delete")
         try:
             return self.store.delete(conn, entity, key, if_version=if_version)
         except engine.ODataError as error:
@@ -577,12 +587,97 @@ class DataverseBackend:
                     late = {k: v for k, v in record.items() if k not in body}
                     if late:
                         self.update(conn, entity, self.guid(key), late, caller=caller)
-        self._resolve_base_currency()
+        self._ensure_system_rows()
         return counts
 
     def reset(self) -> None:
         self.store.reset()
         self.seed(self.fixture_name, system_only=True)
+
+    # -- the org's own rows: organization settings, SDK messages and their filters -------------
+    def _ensure_system_rows(self) -> None:
+        """Write the organization row and the SDK message rows the declarations imply, where missing."""
+        with self.store.write() as conn:
+            caller = self.system_caller(conn)
+            org = self._ensure_organization(conn, caller)
+            self._ensure_sdk_messages(conn, caller)
+        self.organization = Organization(
+            organization_id=org["organizationid"],
+            name=org["name"],
+            base_currency_id=org.get("_basecurrencyid_value"),
+            business_unit_id=self.organization.business_unit_id,
+        )
+
+    def _insert_system_rows(self, conn: Connection, entity: EntityType, rows: list[dict[str, Any]],
+                            caller: Caller) -> None:
+        """Rows the org owns, written column by column (their read-only columns included)."""
+        for values in rows:
+            self._server_columns(conn, entity, values, caller, creating=True, existing=None)
+        self.store.insert_many(conn, entity, rows)
+
+    def _existing_keys(self, conn: Connection, entity: EntityType) -> set[str]:
+        table = self.store.table(entity)
+        return set(conn.execute(sa.select(table.c[entity.key])).scalars())
+
+    def _ensure_organization(self, conn: Connection, caller: Caller) -> Row:
+        """The one organization row (https://learn.microsoft.com/en-us/power-apps/developer/data-platform/reference/entities/organization)."""
+        entity = self.entity("organization")
+        table = self.store.table(entity)
+        row = conn.execute(table.select().limit(1)).mappings().first()
+        if row is not None:
+            return dict(row)
+        settings = self._org_settings
+        code = settings.get("base_currency", "USD")
+        currencies = self.store.table(self.entity("transactioncurrency"))
+        currency = conn.execute(currencies.select().where(currencies.c.isocurrencycode == code)).mappings().first()
+        if currency is None:
+            raise ValueError(f"fixture {self.fixture_name}: the organization's base currency {code} is not one of "
+                             "its transactioncurrencies")
+        language = int(settings.get("language_code", 1033))
+        self._insert_system_rows(conn, entity, [{
+            "organizationid": self.organization.organization_id,
+            "name": self.organization.name,
+            "_basecurrencyid_value": currency["transactioncurrencyid"],
+            "basecurrencysymbol": currency["currencysymbol"],
+            "currencysymbol": currency["currencysymbol"],
+            "currencydecimalprecision": currency.get("currencyprecision") or 2,
+            "pricingdecimalprecision": 2,
+            "languagecode": language,
+            "localeid": int(settings.get("locale_id", language)),
+            "dateformatstring": settings.get("date_format", "M/d/yyyy"),
+            "timeformatstring": settings.get("time_format", "h:mm tt"),
+            "isauditenabled": False,
+        }], caller)
+        return self.organization_row(conn)
+
+    def _ensure_sdk_messages(self, conn: Connection, caller: Caller) -> None:
+        """One sdkmessage per message the tables and functions answer, one sdkmessagefilter per
+        (table, message) a table declares: the rows the bulk-operation detection query reads."""
+        message_entity, filter_entity = self.entity("sdkmessage"), self.entity("sdkmessagefilter")
+        have_messages = self._existing_keys(conn, message_entity)
+        have_filters = self._existing_keys(conn, filter_entity)
+        names = set(FUNCTIONS).union(*(table_info(e).messages for e in self.schema))
+        messages = [
+            {"sdkmessageid": key, "name": name, "categoryname": name[:25], "availability": 0,
+             "autotransact": name not in _READ_ONLY_MESSAGES, "isactive": True, "isprivate": False,
+             "isreadonly": name in _READ_ONLY_MESSAGES, "template": False, "isvalidforexecuteasync": False,
+             "workflowsdkstepenabled": False}
+            for name in sorted(names) if (key := _system_id("sdkmessage", name)) not in have_messages
+        ]
+        filters = [
+            {"sdkmessagefilterid": key, "_sdkmessageid_value": _system_id("sdkmessage", name),
+             "primaryobjecttypecode": entity.name, "secondaryobjecttypecode": "none", "availability": 0,
+             "iscustomprocessingstepallowed": True, "isvisible": True, "workflowsdkstepenabled": False}
+            for entity in self.schema for name in sorted(table_info(entity).messages)
+            if (key := _system_id("sdkmessagefilter", entity.name, name)) not in have_filters
+        ]
+        self._insert_system_rows(conn, message_entity, messages, caller)
+        self._insert_system_rows(conn, filter_entity, filters, caller)
+
+
+def _system_id(*parts: str) -> str:
+    """Stable ids for the org's own rows, the same on every start and after every reset."""
+    return str(uuid.uuid5(_SYSTEM_IDS, "/".join(parts)))
 
 
 def parse_etag(value: str) -> int | None:

@@ -27,6 +27,7 @@ from ..odata.urlpath import Segment, parse_key, split_path
 from ..odata.values import to_json
 from . import batch as batch_protocol
 from . import exceptions as exc
+from . import functions
 from .exceptions import DataverseError
 from .metadata_query import MetadataQuery
 from .models import Caller, DataverseBackend, parse_etag
@@ -76,8 +77,9 @@ def check_query_options(args: MultiDict) -> None:
 
 
 class DataverseService:
-    def __init__(self, backend: DataverseBackend, service_root: str) -> None:
+    def __init__(self, backend: DataverseBackend, service_root: str, *, tenant_id: str = "") -> None:
         self.backend = backend
+        self.tenant_id = tenant_id
         self.schema = backend.schema
         self.service_root = service_root.rstrip("/")
         self.serializer = Serializer(self.schema, backend, self.service_root)
@@ -113,10 +115,11 @@ class DataverseService:
             return self.batch(req)
         segments = split_path(path)
         head = segments[0]
-        if head.name == "WhoAmI" and head.key in (None, ""):
+        function = functions.FUNCTIONS.get(head.name.removeprefix("Microsoft.Dynamics.CRM."))
+        if function is not None and (head.key is not None or function.name == "WhoAmI"):
             if req.method != "GET" or len(segments) > 1:
                 raise self._no_resource(req)
-            return self.who_am_i(req)
+            return self.call_function(req, function, head.key)
         if head.name in ("EntityDefinitions", "RelationshipDefinitions", "GlobalOptionSetDefinitions"):
             if req.method != "GET":
                 raise DataverseError(405, exc.NOT_SUPPORTED, "Metadata changes are not supported by the sandbox.")
@@ -143,16 +146,31 @@ class DataverseService:
 
     def metadata(self, req: Request) -> Result:
         if self._csdl is None:
-            self._csdl = render_csdl(self.schema, container="System", extra_schema_xml=WHOAMI_CSDL)
+            self._csdl = render_csdl(self.schema, container="System", extra_schema_xml=functions.CSDL)
         return Result(200, [("Content-Type", "application/xml")], self._csdl.encode())
 
-    def who_am_i(self, req: Request) -> Result:
-        return Result.json(200, {
-            "@odata.context": self.context("Microsoft.Dynamics.CRM.WhoAmIResponse"),
-            "BusinessUnitId": req.caller.business_unit_id,
-            "UserId": req.caller.user_id,
-            "OrganizationId": self.backend.organization.organization_id,
-        })
+    def call_function(self, req: Request, function: functions.Function, raw_args: str | None) -> Result:
+        """An unbound function: ``WhoAmI``, ``RetrieveVersion()``, ``RetrieveCurrentOrganization(AccessType=…)``."""
+        aliases = {k: v for k, v in req.args.items() if k.startswith("@")}
+        args = functions.parse_parameters(function, raw_args, aliases)
+        org = self.backend.organization
+        if function.name == "WhoAmI":
+            payload: dict[str, Any] = {
+                "BusinessUnitId": req.caller.business_unit_id,
+                "UserId": req.caller.user_id,
+                "OrganizationId": org.organization_id,
+            }
+        elif function.name == "RetrieveVersion":
+            payload = functions.retrieve_version()
+        else:
+            access = functions.enum_member(args["AccessType"], "EndpointAccessType", functions.ENDPOINT_ACCESS_TYPES)
+            with self.connection(False) as conn:
+                name = self.backend.organization_row(conn)["name"]
+            org_url = self.service_root.removesuffix(API_PATH)
+            context = functions.OrgContext(org.organization_id, name, org_url, self.tenant_id)
+            payload = functions.retrieve_current_organization(context, access)
+        return Result.json(200, {"@odata.context": self.context(f"Microsoft.Dynamics.CRM.{function.name}Response"),
+                                 **payload})
 
     def entity_definitions(self, req: Request, path: str) -> Result:
         query = MetadataQuery(self.schema, self.service_root)
@@ -521,6 +539,7 @@ class DataverseService:
 
     # -- bulk actions ------------------------------------------------------------------------
     def bulk(self, req: Request, entity: EntityType, action: str) -> Result:
+        self.backend.check_message(entity, action)
         body = self._body(req)
         targets = body.get("Targets") if isinstance(body, dict) else None
         if not isinstance(targets, list) or not targets:
@@ -602,12 +621,4 @@ class DataverseService:
         status, content_type, body = batch_protocol.render_batch_response(outcome)
         return Result(status, [("Content-Type", content_type)], body,
                       batch_operations=batch_protocol.count_operations(parts))
-
-
-WHOAMI_CSDL = (
-    '<ComplexType Name="WhoAmIResponse"><Property Name="BusinessUnitId" Type="Edm.Guid" Nullable="false"/>'
-    '<Property Name="UserId" Type="Edm.Guid" Nullable="false"/>'
-    '<Property Name="OrganizationId" Type="Edm.Guid" Nullable="false"/></ComplexType>'
-    '<Function Name="WhoAmI"><ReturnType Type="Microsoft.Dynamics.CRM.WhoAmIResponse" Nullable="false"/></Function>'
-)
 

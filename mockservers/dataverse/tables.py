@@ -775,6 +775,91 @@ def _bcbi_company() -> EntityType:
     )
     return t.build()
 
+# -- system tables clients read ------------------------------------------------------------------
+# Their rows are the org's own: the organization row comes from the fixture's org settings, the SDK
+# message rows are derived from the declarations above (see models.DataverseBackend).
+
+
+def _organization() -> EntityType:
+    """The org's settings (https://learn.microsoft.com/en-us/power-apps/developer/data-platform/reference/entities/organization)."""
+    info = DataverseTable(
+        "Organization", "Organizations", "Organizations", 1019,
+        required_levels={"name": "SystemRequired", "basecurrencyid": "SystemRequired",
+                         "languagecode": "SystemRequired"},
+        # the base currency and language are chosen when the org is provisioned
+        create_only=frozenset({"basecurrencyid", "languagecode"}),
+        messages=READ_MESSAGES | {"Update"},
+    )
+    t = _Table("organization", "organizations", "name", "Organization", info, ownership="OrganizationOwned")
+    t.add(
+        string("name", 160),
+        lookup("basecurrencyid", "transactioncurrency"),
+        string("basecurrencysymbol", 5, read_only=True, display_name="Currency Symbol"),
+        integer("languagecode"),
+        integer("localeid"),
+        string("currencysymbol", 13),
+        integer("currencydecimalprecision"),
+        integer("pricingdecimalprecision"),
+        string("dateformatstring", 255),
+        string("timeformatstring", 255),
+        boolean("isauditenabled"),
+        _system_columns(),
+    )
+    return t.build()
+
+
+def _sdkmessage() -> EntityType:
+    """Messages the org answers (https://learn.microsoft.com/en-us/power-apps/developer/data-platform/reference/entities/sdkmessage)."""
+    info = DataverseTable(
+        "SdkMessage", "SdkMessages", "Sdk Messages", 4606,
+        required_levels={"name": "SystemRequired", "categoryname": "SystemRequired", "availability": "SystemRequired",
+                         "isreadonly": "SystemRequired"},
+        messages=READ_MESSAGES,
+    )
+    t = _Table("sdkmessage", "sdkmessages", "name", "Sdk Message", info, ownership="OrganizationOwned")
+    t.add(
+        string("name", 256),
+        string("categoryname", 25, display_name="Category Name"),
+        integer("availability"),
+        boolean("autotransact"),
+        boolean("isactive", default=True),
+        boolean("isprivate"),
+        boolean("isreadonly"),
+        boolean("template"),
+        boolean("isvalidforexecuteasync", read_only=True),
+        boolean("workflowsdkstepenabled", read_only=True),
+        _system_columns(),
+        related("sdkmessageid_sdkmessagefilter", "sdkmessagefilter", "sdkmessageid"),
+    )
+    return t.build()
+
+
+def _sdkmessagefilter() -> EntityType:
+    """Which message is valid for which table; the documented way to detect bulk-operation support
+    (https://learn.microsoft.com/en-us/power-apps/developer/data-platform/bulk-operations#availability-with-standard-tables)."""
+    info = DataverseTable(
+        "SdkMessageFilter", "SdkMessageFilters", "Sdk Message Filters", 4607,
+        required_levels={"sdkmessageid": "SystemRequired", "primaryobjecttypecode": "SystemRequired",
+                         "availability": "SystemRequired", "iscustomprocessingstepallowed": "SystemRequired"},
+        messages=READ_MESSAGES,
+    )
+    t = _Table("sdkmessagefilter", "sdkmessagefilters", "name", "Sdk Message Filter", info,
+               ownership="OrganizationOwned")
+    t.add(
+        string("name", 256),
+        string("primaryobjecttypecode", 64, read_only=True, kind="EntityName", display_name="Primary Object Type Code"),
+        string("secondaryobjecttypecode", 64, read_only=True, kind="EntityName",
+               display_name="Secondary Object Type Code"),
+        integer("availability"),
+        boolean("iscustomprocessingstepallowed"),
+        boolean("isvisible", read_only=True),
+        boolean("workflowsdkstepenabled", read_only=True),
+        lookup("sdkmessageid", "sdkmessage"),
+        _system_columns(),
+    )
+    return t.build()
+
+
 _TABLES = (
     _account,
     _contact,
@@ -786,6 +871,9 @@ _TABLES = (
     _uom,
     _uomschedule,
     _bcbi_company,
+    _organization,
+    _sdkmessage,
+    _sdkmessagefilter,
 )
 
 
