@@ -390,3 +390,23 @@ def test_system_rows_come_back_unchanged_after_a_reset(tmp_path) -> None:
 def _keys(backend, conn, name: str) -> set[str]:
     table = backend.store.table(backend.entity(name))
     return {row[f"{name}id"] for row in conn.execute(table.select()).mappings()}
+
+
+def test_seeding_links_primary_contacts_once(tmp_path) -> None:
+    """The fixture's update block links each account to its primary contact; a second seed changes nothing."""
+    from mockservers.dataverse.models import DataverseBackend
+
+    backend = DataverseBackend(f"sqlite:///{tmp_path / 'dv.db'}")
+    first = backend.seed("default")
+    assert first["accounts"] == 40 and first["contacts"] == 45
+
+    def accounts() -> dict[str, tuple[Any, Any]]:
+        with backend.store.read() as conn:
+            table = backend.store.table(backend.entity("account"))
+            return {r["accountid"]: (r["_primarycontactid_value"], r["versionnumber"])
+                    for r in conn.execute(table.select()).mappings()}
+
+    linked = accounts()
+    assert sum(contact is not None for contact, _ in linked.values()) == 38
+    assert backend.seed("default") == {}
+    assert accounts() == linked

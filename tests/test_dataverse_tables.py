@@ -464,9 +464,15 @@ def fixture_problems(schema: Schema, seed: dict[str, Any]) -> list[str]:
         if entity is None:
             problems.append(f"unknown entity set {block['set']}")
             continue
+        updating = bool(block.get("update"))
         for index, record in enumerate(block["records"]):
-            where = f"{block['set']}[{index}]"
+            where = f"{block['set']}[{index}]{' (update)' if updating else ''}"
             bound: set[str] = set()
+            if updating:  # a PATCH body for a record created earlier: its key, then columns and binds
+                key = record.get(entity.key)
+                if not isinstance(key, str) or (block["set"], key.lower()) not in defined:
+                    problems.append(f"{where}: updates {key}, not defined earlier")
+                record = {k: v for k, v in record.items() if k != entity.key}
             for name, value in record.items():
                 if name.endswith("@odata.bind"):
                     nav_name = name.removesuffix("@odata.bind")
@@ -491,6 +497,8 @@ def fixture_problems(schema: Schema, seed: dict[str, Any]) -> list[str]:
                 problem = _value_problem(entity.property(name), value)
                 if problem:
                     problems.append(f"{where}: {name} {problem}")
+            if updating:
+                continue
             for prop in entity.properties:
                 if not prop.required:
                     continue
@@ -520,6 +528,10 @@ def _records(seed: dict[str, Any], set_name: str) -> list[dict[str, Any]]:
     return next(block["records"] for block in seed["tables"] if block["set"] == set_name)
 
 
+def _updates(seed: dict[str, Any], set_name: str) -> list[dict[str, Any]]:
+    return next(block["records"] for block in seed["tables"] if block["set"] == set_name and block.get("update"))
+
+
 BREAKAGES = [
     ("accounts", lambda r: r.update({"nosuchcolumn": 1}), "not a writable column"),
     ("accounts", lambda r: r.update({"_transactioncurrencyid_value": r["accountid"]}), "not a writable column"),
@@ -538,6 +550,39 @@ BREAKAGES = [
     ("products", lambda r: r.pop("defaultuomid@odata.bind"), "required defaultuomid missing"),
     ("contacts", lambda r: r.update({"contactid": "a0000000"}), "no fixed primary key"),
 ]  # fmt: skip
+UPDATE_BREAKAGES = [
+    (lambda r: r.update({"accountid": "a0000000-0000-4000-8000-000000000999"}), "not defined earlier"),
+    (lambda r: r.update({"primarycontactid@odata.bind": "/contacts(c0000000-0000-4000-8000-000000000999)"}),
+     "not defined earlier"),
+    (lambda r: r.update({"nosuchcolumn": 1}), "not a writable column"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("breakage", "expected"), UPDATE_BREAKAGES)
+def test_fixture_check_catches_bad_updates(schema: Schema, seed: dict[str, Any], breakage, expected: str) -> None:
+    broken = copy.deepcopy(seed)
+    breakage(_updates(broken, "accounts")[0])
+    problems = fixture_problems(schema, broken)
+    assert any(expected in p and "(update)" in p for p in problems), problems
+
+
+def test_every_active_account_has_a_primary_contact_parented_to_it(seed: dict[str, Any]) -> None:
+    parents = {c["contactid"]: _bind_target(c.get("parentcustomerid_account@odata.bind"))
+               for c in _records(seed, "contacts")}
+    primary = {u["accountid"]: _bind_target(u["primarycontactid@odata.bind"]) for u in _updates(seed, "accounts")}
+    active = [a["accountid"] for a in _records(seed, "accounts") if a.get("statecode", 0) == 0]
+    assert set(active) <= set(primary)
+    for account, (set_name, contact) in primary.items():  # type: ignore[misc]
+        assert set_name == "contacts" and parents[contact] == ("accounts", account), account
+
+
+def test_every_product_has_a_unit_group_and_a_default_unit(seed: dict[str, Any]) -> None:
+    units = {u["uomid"]: _bind_target(u["uomscheduleid@odata.bind"]) for u in _records(seed, "uoms")}
+    for product in _records(seed, "products"):
+        group = _bind_target(product["defaultuomscheduleid@odata.bind"])
+        unit = _bind_target(product["defaultuomid@odata.bind"])
+        assert group is not None and unit is not None and units[unit[1]] == group, product["productnumber"]
+
 
 
 @pytest.mark.parametrize(("set_name", "breakage", "expected"), BREAKAGES)
@@ -551,11 +596,12 @@ def test_fixture_check_catches_bad_records(
 
 
 def test_seed_tables_come_in_dependency_order(seed: dict[str, Any]) -> None:
-    assert [block["set"] for block in seed["tables"]] == [
-        "businessunits", "transactioncurrencies", "systemusers", "teams", "uomschedules", "uoms",
-        "bcbi_companies", "accounts", "contacts", "products",
+    assert [(block["set"], bool(block.get("update"))) for block in seed["tables"]] == [
+        ("businessunits", False), ("transactioncurrencies", False), ("systemusers", False), ("teams", False),
+        ("uomschedules", False), ("uoms", False), ("bcbi_companies", False), ("accounts", False),
+        ("contacts", False), ("products", False), ("accounts", True),  # primary contacts, once both exist
     ]  # fmt: skip
-    counts = {block["set"]: len(block["records"]) for block in seed["tables"]}
+    counts = {block["set"]: len(block["records"]) for block in seed["tables"] if not block.get("update")}
     assert 35 <= counts["accounts"] <= 45 and 35 <= counts["contacts"] <= 45 and 20 <= counts["products"] <= 30
 
 

@@ -562,9 +562,15 @@ class DataverseBackend:
         return Caller(row["systemuserid"], row.get("_businessunitid_value"))
 
     def seed(self, fixture: str = "default", *, system_only: bool = False) -> dict[str, int]:
-        """Load a fixture set through the same write path clients use (binds and all)."""
+        """Load a fixture set through the same write path clients use (binds and all).
+
+        A block marked ``"update": true`` holds PATCH bodies for records created earlier in the same
+        run (links that need both sides first, such as an account's primary contact); records that
+        already existed before the run are left as they are, so seeding twice changes nothing.
+        """
         data = load_fixture(fixture)
         counts: dict[str, int] = {}
+        created: set[tuple[str, str]] = set()
         with self.store.write() as conn:
             caller = self.system_caller(conn)
             for table in data.get("tables", []):
@@ -574,13 +580,21 @@ class DataverseBackend:
                     raise ValueError(f"fixture {fixture}: unknown entity set {set_name}")
                 if system_only and not table_info(entity).system_rows:
                     continue
+                if table.get("update"):
+                    for record in table.get("records", []):
+                        key = self.guid(str(record.get(entity.key)))
+                        if (entity.name, key) in created:
+                            body = {k: v for k, v in record.items() if k != entity.key}
+                            self.update(conn, entity, key, body, caller=caller)
+                    continue
                 for record in table.get("records", []):
                     key = record.get(entity.key)
                     if key and self.store.get(conn, entity, key) is not None:
                         continue
                     # Self-referencing binds (root business unit, system user's BU) need the row first.
                     body = {k: v for k, v in record.items() if not _binds_to_missing(self, conn, k, v)}
-                    self.create(conn, entity, body, caller=caller)
+                    row = self.create(conn, entity, body, caller=caller)
+                    created.add((entity.name, row[entity.key]))
                     if entity.name == "systemuser" and caller.user_id.startswith("00000000"):
                         caller = self.system_caller(conn)
                     counts[set_name] = counts.get(set_name, 0) + 1
