@@ -119,3 +119,96 @@ def dv(sandbox: RunningSandbox) -> requests.Session:
 def bc(sandbox: RunningSandbox) -> requests.Session:
     """An authenticated session for the BC API of the module's sandbox."""
     return sandbox.bc_session()
+
+
+# -- the connector against a live sandbox ---------------------------------------------------------
+
+
+@dataclass
+class ConnectorEnv:
+    """A sandbox plus a connector config for one of its BC companies, driven through the real CLI."""
+
+    sandbox: RunningSandbox
+    config_path: Path
+    company_index: int = 0
+
+    def invoke(self, *args: str) -> Any:
+        from click.testing import CliRunner
+
+        from connector.cli import main as connector_main
+
+        return CliRunner().invoke(connector_main, ["--config", str(self.config_path), *args],
+                                  catch_exceptions=False)
+
+    def run(self, *args: str) -> Any:
+        """Run a command with --json; fail the test on a non-zero exit."""
+        result = self.invoke(*args, "--json")
+        assert result.exit_code == 0, f"connector {' '.join(args)} failed: {result.output}"
+        import json
+
+        return json.loads(result.stdout)
+
+    def fail(self, *args: str) -> str:
+        """Run a command that must be refused; returns its one-line message."""
+        result = self.invoke(*args)
+        assert result.exit_code != 0, f"connector {' '.join(args)} unexpectedly succeeded: {result.output}"
+        assert "Traceback" not in result.output
+        return result.output.strip()
+
+    @property
+    def company_id(self) -> str:
+        return self.sandbox.companies[self.company_index]
+
+    @property
+    def bc_company_api(self) -> str:
+        return f"{self.sandbox.bc_api}/companies({self.company_id})"
+
+    def state(self) -> Any:
+        from connector import config as config_module
+        from connector.store import State
+
+        return State(config_module.load(self.config_path).state_url)
+
+    def couplings(self, bc_entity: str) -> list[Any]:
+        from sqlalchemy import select
+
+        from connector.store import Coupling
+
+        state = self.state()
+        try:
+            with state.session() as session:
+                return list(session.scalars(select(Coupling).where(Coupling.bc_entity == bc_entity)))
+        finally:
+            state.close()
+
+    def bc_batch(self, session: requests.Session, requests_: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run BC operations through JSON $batch, 100 at a time; returns the responses in order."""
+        out: list[dict[str, Any]] = []
+        for start in range(0, len(requests_), 100):
+            chunk = [{"id": str(i), **r} for i, r in enumerate(requests_[start:start + 100])]
+            resp = session.post(f"{self.sandbox.bc_api}/$batch", json={"requests": chunk})
+            assert resp.status_code == 200, resp.text
+            by_id = {r["id"]: r for r in resp.json()["responses"]}
+            out += [by_id[str(i)] for i in range(len(chunk))]
+        return out
+
+    def create_customers(self, session: requests.Session, names: list[str], **fields: Any) -> list[dict[str, Any]]:
+        """BC customers without payment terms or shipment method (those need option couplings)."""
+        url = f"companies({self.company_id})/customers"
+        responses = self.bc_batch(session, [{"method": "POST", "url": url, "headers": {"Content-Type": "application/json"},
+                                             "body": {"displayName": name, **fields}} for name in names])
+        assert all(r["status"] == 201 for r in responses), responses[:3]
+        return [r["body"] for r in responses]
+
+
+def start_connector(sandbox: RunningSandbox, directory: Path, company_index: int = 0) -> ConnectorEnv:
+    env = ConnectorEnv(sandbox, directory / "connector.toml", company_index)
+    env.run("init", "--sandbox", str(sandbox.data_dir), "--company", sandbox.companies[company_index])
+    env.run("setup", "defaults")
+    return env
+
+
+@pytest.fixture(scope="module")
+def connector_env(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> ConnectorEnv:
+    """A connector for CRONUS USA with the default mappings, against the module's sandbox."""
+    return start_connector(sandbox, tmp_path_factory.mktemp("connector"))

@@ -1,0 +1,87 @@
+"""Dataverse Web API client (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/overview)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ._chunks import chunks
+from .batch import BatchOp, BatchResult, decode_multipart, encode_multipart
+from .errors import ServiceError
+from .http import HttpCore
+
+MAX_BATCH = 1000  # operations per $batch request
+ID_CHUNK = 250  # ids per In() filter: about 10 KB of URL, far below the 32 KB limit
+
+
+class DataverseClient:
+    """Reads page by page, writes in ``$batch`` requests of independent operations."""
+
+    def __init__(self, core: HttpCore, *, page_size: int = 500, batch_size: int = 500) -> None:
+        self.core = core
+        self.page_size = page_size
+        self.batch_size = min(batch_size, MAX_BATCH)
+
+    @property
+    def api_root(self) -> str:
+        return self.core.root
+
+    def who_am_i(self) -> dict[str, Any]:
+        return dict(self.core.send("GET", "WhoAmI").json())
+
+    def get(self, set_name: str, key: str, *, select: Iterable[str] | None = None) -> dict[str, Any] | None:
+        params = {"$select": ",".join(select)} if select else None
+        try:
+            return dict(self.core.send("GET", f"{set_name}({key})", params=params).json())
+        except ServiceError as error:
+            if error.is_not_found:
+                return None
+            raise
+
+    def rows(self, set_name: str, *, filter: str | None = None, select: Iterable[str] | None = None,
+             orderby: str | None = None, page_size: int | None = None) -> Iterator[dict[str, Any]]:
+        params: dict[str, str] = {}
+        if filter:
+            params["$filter"] = filter
+        if select:
+            params["$select"] = ",".join(select)
+        if orderby:
+            params["$orderby"] = orderby
+        yield from self.core.rows(set_name, params, page_size=page_size or self.page_size)
+
+    def rows_by_ids(self, set_name: str, key: str, ids: Iterable[str], *, select: Iterable[str] | None = None,
+                    filter: str | None = None) -> Iterator[dict[str, Any]]:
+        """The rows with these primary keys (missing ones are simply absent), one request per chunk."""
+        select = list(select) if select else None
+        for chunk in chunks(ids, ID_CHUNK):
+            condition = f"Microsoft.Dynamics.CRM.In(PropertyName='{key}',PropertyValues={json.dumps(chunk)})"
+            yield from self.rows(set_name, filter=f"{condition} and ({filter})" if filter else condition,
+                                 select=select)
+
+    def batch(self, ops: list[BatchOp]) -> list[BatchResult]:
+        """Run independent operations in ``$batch`` requests; each gets its own status.
+
+        ``odata.continue-on-error`` keeps one failing record from stopping the others.
+        """
+        results: list[BatchResult] = []
+        for chunk in chunks(ops, self.batch_size):
+            content_type, body = encode_multipart(chunk, self.core.root)
+            response = self.core.send("POST", "$batch", data=body, headers={
+                "Content-Type": content_type, "Prefer": "odata.continue-on-error"})
+            decoded = decode_multipart(response.headers.get("Content-Type", ""), response.content)
+            if len(decoded) != len(chunk):
+                raise ServiceError("dataverse", response.status_code, "", f"$batch answered {len(decoded)} "
+                                   f"responses for {len(chunk)} operations")
+            results.extend(decoded)
+        return results
+
+    def upsert(self, set_name: str, key: str, body: dict[str, Any], *, if_match: str | None = None,
+               if_none_match: str | None = None) -> dict[str, Any]:
+        """PATCH one row and return its representation (create when absent unless ``if_match``)."""
+        headers = {"Prefer": "return=representation"}
+        if if_match:
+            headers["If-Match"] = if_match
+        if if_none_match:
+            headers["If-None-Match"] = if_none_match
+        return dict(self.core.send("PATCH", f"{set_name}({key})", json=body, headers=headers).json())

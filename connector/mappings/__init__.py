@@ -1,0 +1,1 @@
+"""Synchronization setup: table facts, default mappings, field transfer, lookups and option rules."""

@@ -1,0 +1,217 @@
+"""One scenario per action of the seed documents ("Couple and synchronize records"), end to end.
+
+Each drives the real ``connector`` CLI against live mock services and asserts the records on both
+services, the couplings, the company id on the Dataverse rows, and the job counters.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import ConnectorEnv, RunningSandbox
+
+COUNTERS = ("inserted", "modified", "deleted", "unchanged", "skipped", "failed", "coupled", "uncoupled")
+
+
+def next_second() -> None:
+    """Dataverse's modifiedon has whole seconds: a change in the same second as our write is invisible."""
+    time.sleep(1.05 - time.time() % 1)
+
+
+def counters(job: dict[str, Any]) -> dict[str, int]:
+    return {k: v for k, v in job.items() if k in COUNTERS and v}
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix} {uuid.uuid4().hex[:8]}"
+
+
+def account(dv: requests.Session, sandbox: RunningSandbox, account_id: str) -> dict[str, Any]:
+    resp = dv.get(f"{sandbox.api}/accounts({account_id})")
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def company_row(env: ConnectorEnv) -> str:
+    return env.run("test-connection")["bcbi_company"]
+
+
+def new_account(dv: requests.Session, sandbox: RunningSandbox, name: str, **fields: Any) -> str:
+    resp = dv.post(f"{sandbox.api}/accounts", json={"name": name, "customertypecode": 3, **fields},
+                   headers={"Prefer": "return=representation"})
+    assert resp.status_code == 201, resp.text
+    return resp.json()["accountid"]
+
+
+def coupling_of(env: ConnectorEnv, bc_id: str) -> Any:
+    found = [c for c in env.couplings("customers") if c.bc_id == bc_id]
+    return found[0] if found else None
+
+
+def test_couple_existing_record_and_synchronize_after_coupling(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    customer = connector_env.create_customers(bc, [unique("Couple Existing")], city="Seattle")[0]
+    account_id = new_account(dv, sandbox, unique("Someone Else"), address1_city="Portland")
+    out = connector_env.run("couple", "CUSTOMER", customer["number"], "--dataverse-id", account_id,
+                            "--sync", "to-dataverse")
+    coupling_job, sync_job = out["jobs"]
+    assert counters(coupling_job) == {"coupled": 1}
+    assert counters(sync_job) == {"modified": 1}
+    row = account(dv, sandbox, account_id)
+    assert row["name"] == customer["displayName"] and row["address1_city"] == "Seattle"
+    assert row["_bcbi_companyid_value"] == company_row(connector_env)
+    coupling = coupling_of(connector_env, customer["id"])
+    assert coupling.dataverse_id == account_id and coupling.last_result_to.value == "Success"
+    assert coupling.last_synced_dataverse_modified is not None
+
+
+def test_couple_by_name_honours_the_integration_table_filter_and_refuses_a_taken_row(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    first, second = connector_env.create_customers(bc, [unique("By Name A"), unique("By Name B")])
+    name = unique("Match Me")
+    account_id = new_account(dv, sandbox, name)
+    vendor_account = new_account(dv, sandbox, unique("A Vendor Account"), customertypecode=11)
+    out = connector_env.run("couple", "CUSTOMER", first["number"], "--dataverse-name", name[:12], "--sync", "none")
+    assert [counters(j) for j in out["jobs"]] == [{"coupled": 1}]
+    assert coupling_of(connector_env, first["id"]).dataverse_id == account_id
+    # a vendor account is not a customer: the CUSTOMER filter hides it
+    message = connector_env.fail("couple", "CUSTOMER", second["number"], "--dataverse-id", vendor_account)
+    assert "The filters applied to table mapping CUSTOMER are preventing account record" in message
+    message = connector_env.fail("couple", "CUSTOMER", second["number"], "--dataverse-id", account_id)
+    assert "because the account record is already coupled to" in message
+    assert coupling_of(connector_env, second["id"]) is None
+
+
+def test_create_new_creates_a_row_with_the_company_id_and_the_type_code(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    customer = connector_env.create_customers(bc, [unique("Create New")], email="new@example.com",
+                                              creditLimit=1234.5)[0]
+    out = connector_env.run("couple", "CUSTOMER", customer["id"], "--create-new")
+    assert [counters(j) for j in out["jobs"]] == [{"inserted": 1}]
+    coupling = coupling_of(connector_env, customer["id"])
+    row = account(dv, sandbox, coupling.dataverse_id)
+    assert (row["name"], row["emailaddress1"], row["creditlimit"]) == (customer["displayName"], "new@example.com",
+                                                                        1234.5)
+    assert row["customertypecode"] == 3 and row["statecode"] == 0
+    assert row["_bcbi_companyid_value"] == company_row(connector_env)
+    assert not coupling.pending and coupling.last_result_to.value == "Success"
+
+
+def test_synchronize_one_record_in_each_direction(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    customer = connector_env.create_customers(bc, [unique("Both Ways")])[0]
+    connector_env.run("couple", "CUSTOMER", customer["number"], "--create-new")
+    account_id = coupling_of(connector_env, customer["id"]).dataverse_id
+    patched = bc.patch(f"{connector_env.bc_company_api}/customers({customer['id']})", json={"city": "Oslo"},
+                       headers={"If-Match": bc.get(f"{connector_env.bc_company_api}/customers({customer['id']})")
+                       .json()["@odata.etag"]})
+    assert patched.status_code == 200, patched.text
+    out = connector_env.run("sync", "CUSTOMER", customer["number"], "--direction", "to-dataverse")
+    assert [counters(j) for j in out["jobs"]] == [{"modified": 1}]
+    assert account(dv, sandbox, account_id)["address1_city"] == "Oslo"
+
+    assert dv.patch(f"{sandbox.api}/accounts({account_id})", json={"telephone1": "+47 555 0100"}).status_code == 204
+    out = connector_env.run("sync", "CUSTOMER", customer["number"], "--direction", "from-dataverse")
+    assert [counters(j) for j in out["jobs"]] == [{"modified": 1}]
+    record = bc.get(f"{connector_env.bc_company_api}/customers({customer['id']})").json()
+    assert record["phoneNumber"] == "+47 555 0100" and record["city"] == "Oslo"
+    message = connector_env.fail("sync", "CUSTOMER", customer["number"])
+    assert "bidirectional" in message and "--direction" in message
+
+
+def test_synchronize_many_skips_uncoupled_and_destination_changed_records(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    names = [unique("Many") for _ in range(4)]
+    records = connector_env.create_customers(bc, names)
+    coupled = records[:3]
+    connector_env.run("create-in-dataverse", "CUSTOMER", *[r["number"] for r in coupled])
+    for record in coupled:
+        url = f"{connector_env.bc_company_api}/customers({record['id']})"
+        etag = bc.get(url).json()["@odata.etag"]
+        assert bc.patch(url, json={"city": "Bergen"}, headers={"If-Match": etag}).status_code == 200
+    changed_in_dataverse = coupling_of(connector_env, coupled[2]["id"]).dataverse_id
+    next_second()
+    assert dv.patch(f"{sandbox.api}/accounts({changed_in_dataverse})", json={"address1_city": "Kept"}).status_code == 204
+    out = connector_env.run("sync", "CUSTOMER", *[r["number"] for r in records], "--direction", "to-dataverse")
+    assert [counters(j) for j in out["jobs"]] == [{"modified": 2, "skipped": 1}]
+    assert out["notes"] == [f"1 not coupled, not synchronized: {records[3]['number']}"]
+    cities = [account(dv, sandbox, coupling_of(connector_env, r["id"]).dataverse_id)["address1_city"] for r in coupled]
+    assert cities == ["Bergen", "Bergen", "Kept"]
+
+
+def test_synchronize_from_the_sales_side_is_refused_then_creates_and_couples(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    name = unique("From Sales")
+    account_id = new_account(dv, sandbox, name, address1_city="Lisbon")
+    message = connector_env.fail("sync-from-dataverse", "CUSTOMER", account_id)
+    assert "Sync. Only Coupled Records is off" in message
+    connector_env.run("mappings", "set", "CUSTOMER", "--no-sync-only-coupled")
+    try:
+        out = connector_env.run("sync-from-dataverse", "CUSTOMER", account_id)
+    finally:
+        connector_env.run("mappings", "set", "CUSTOMER", "--sync-only-coupled")
+    assert [counters(j) for j in out["jobs"]] == [{"inserted": 1}]
+    coupling = [c for c in connector_env.couplings("customers") if c.dataverse_id == account_id][0]
+    record = bc.get(f"{connector_env.bc_company_api}/customers({coupling.bc_id})").json()
+    assert (record["displayName"], record["city"]) == (name, "Lisbon")
+    assert account(dv, sandbox, account_id)["_bcbi_companyid_value"] == company_row(connector_env)
+    assert coupling.last_result_from.value == "Success" and not coupling.pending
+
+
+def test_synchronize_from_the_sales_side_refuses_a_to_only_mapping(connector_env: ConnectorEnv, dv: requests.Session,
+                                                                  sandbox: RunningSandbox) -> None:
+    currency = dv.get(f"{sandbox.api}/transactioncurrencies?$top=1").json()["value"][0]
+    message = connector_env.fail("sync-from-dataverse", "CURRENCY", currency["transactioncurrencyid"])
+    assert "direction = ToIntegrationTable" in message
+
+
+def test_uncouple_selected_records_resets_the_company_id(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    first, second = connector_env.create_customers(bc, [unique("Uncouple A"), unique("Uncouple B")])
+    connector_env.run("create-in-dataverse", "CUSTOMER", first["number"], second["number"])
+    first_row = coupling_of(connector_env, first["id"]).dataverse_id
+    out = connector_env.run("uncouple", "CUSTOMER", first["number"])
+    assert [counters(j) for j in out["jobs"]] == [{"modified": 1, "uncoupled": 1}]
+    assert out["jobs"][0]["id"] and coupling_of(connector_env, first["id"]) is None
+    assert account(dv, sandbox, first_row)["_bcbi_companyid_value"] is None
+    second_row = coupling_of(connector_env, second["id"]).dataverse_id
+    assert account(dv, sandbox, second_row)["_bcbi_companyid_value"] == company_row(connector_env)
+
+
+def test_remove_all_couplings_of_a_mapping(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    records = connector_env.create_customers(bc, [unique("All Gone") for _ in range(3)])
+    connector_env.run("create-in-dataverse", "CUSTOMER", *[r["number"] for r in records])
+    rows = [coupling_of(connector_env, r["id"]).dataverse_id for r in records]
+    stuck = new_account(dv, sandbox, unique("Stuck"), **{
+        "bcbi_companyid@odata.bind": f"/bcbi_companies({company_row(connector_env)})"})
+    before = len(connector_env.couplings("customers"))
+    out = connector_env.run("uncouple", "CUSTOMER", "--all")
+    job = counters(out["jobs"][0])
+    assert job["uncoupled"] == before and job["modified"] >= len(rows) + 1 and "failed" not in job
+    assert connector_env.couplings("customers") == []
+    for row in [*rows, stuck]:
+        assert account(dv, sandbox, row)["_bcbi_companyid_value"] is None
+    jobs = connector_env.run("jobs", "--mapping", "CUSTOMER")
+    assert jobs[0]["type"] == "Uncoupling" and jobs[0]["uncoupled"] == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("sync", "NOPE", "10000"), "unknown mapping 'NOPE'"),
+    (("sync", "CUSTOMER", "NO-SUCH-NUMBER", "--direction", "to-dataverse"), "no Customer with number or id NO-SUCH-NUMBER"),
+    (("couple", "CUSTOMER", "10000"), "give exactly one of --dataverse-id, --dataverse-name, --create-new"),
+    (("sync-from-dataverse", "CUSTOMER", "not-a-guid"), "Error"),
+    (("uncouple", "CUSTOMER"), "give BC keys or --all"),
+    (("mappings", "set", "CURRENCY", "--direction", "from-dataverse"),
+     "You must set the direction of at least one enabled integration field mapping to 'FromIntegrationTable'."),
+    (("mappings", "set", "PAYMENT TERMS", "--direction", "bidirectional"), "cannot be Bidirectional"),
+])
+def test_bad_input_gets_one_line_and_a_nonzero_exit(connector_env: ConnectorEnv, args: tuple[str, ...],
+                                                   fragment: str) -> None:
+    message = connector_env.fail(*args)
+    assert fragment in message and len(message.splitlines()) <= 3
