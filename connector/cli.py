@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -105,6 +106,7 @@ def json_option(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.pass_context
 def main(ctx: click.Context, config_path: Path | None) -> None:
     """Couple and synchronize Business Central records with Dataverse, as BC's integration does."""
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # retries are expected, not news
     ctx.obj = {"config_path": config_path}
 
 

@@ -45,6 +45,7 @@ class Config:
     page_size: int = 500
     dataverse_batch_size: int = 500
     bc_batch_size: int = 100
+    retries: int = 8  # attempts per request on 429/502/503/504 and connection errors
     path: Path | None = None
 
     @property
@@ -78,6 +79,7 @@ _LAYOUT: dict[tuple[str, str], tuple[str, type]] = {
     ("sync", "page_size"): ("page_size", int),
     ("sync", "dataverse_batch_size"): ("dataverse_batch_size", int),
     ("sync", "bc_batch_size"): ("bc_batch_size", int),
+    ("sync", "retries"): ("retries", int),
 }
 _REQUIRED = ("authority", "client_id", "client_secret", "dataverse_url", "bc_api_root", "company_id")
 

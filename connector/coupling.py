@@ -133,14 +133,14 @@ def _clear_company(cx: Connector, mapping: TableMapping, rows: list[dict[str, An
         if result.ok:
             job.count("modified")
             continue
-        error = result.error
-        assert error is not None
+        refused = result.error
+        assert refused is not None
         failed.add(str(row[table.key]).lower())
         job.count("failed")
         job.error(RecordRef(dataverse_table=table.logical_name, dataverse_id=row[table.key]),
                   f"{table.set_name}({row[table.key]})", None,
                   f"Uncoupling {table.logical_name} failed because of the following error: "
-                  f"{error.message.rstrip('.')}.")
+                  f"{refused.message.rstrip('.')}.")
     return failed
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from .clients import BCClient, DataverseClient, HttpCore, TokenSource
+from .clients import BCClient, DataverseClient, HttpCore, RetrySettings, TokenSource
 from .clients._chunks import quote
 from .config import Config
 from .mappings.tables import custom_api_sets
@@ -44,11 +44,12 @@ class Connector:
         tokens = TokenSource(authority=config.authority, client_id=config.client_id,
                              client_secret=config.client_secret, verify=config.verify,
                              instance_discovery=config.instance_discovery)
+        retries = RetrySettings(attempts=config.retries)
         dataverse_core = HttpCore(service="dataverse", root=config.dataverse_api_root, scope=config.dataverse_scope,
-                                  tokens=tokens, verify=config.verify,
+                                  tokens=tokens, verify=config.verify, retries=retries,
                                   headers={"OData-MaxVersion": "4.0", "OData-Version": "4.0"})
         bc_core = HttpCore(service="bc", root=config.bc_api_root, scope=config.bc_scope, tokens=tokens,
-                           verify=config.verify)
+                           verify=config.verify, retries=retries)
         return cls(
             config=config,
             state=State(config.state_url),

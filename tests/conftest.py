@@ -159,6 +159,25 @@ class ConnectorEnv:
     def company_id(self) -> str:
         return self.sandbox.companies[self.company_index]
 
+    def set_sync(self, **values: int) -> None:
+        """Change the [sync] section of the config file (page and batch sizes, retries)."""
+        import tomllib
+
+        import tomli_w
+
+        document = tomllib.loads(self.config_path.read_text())
+        document.setdefault("sync", {}).update(values)
+        self.config_path.write_text(tomli_w.dumps(document))
+
+    def journal(self, service: str) -> list[dict[str, Any]]:
+        resp = self.sandbox.control("GET", "journal", service=service)
+        assert resp.status_code == 200, resp.text
+        return resp.json()["value"]
+
+    def clear_journals(self) -> None:
+        for service in ("dataverse", "bc"):
+            assert self.sandbox.control("DELETE", "journal", service=service).status_code == 204
+
     @property
     def bc_company_api(self) -> str:
         return f"{self.sandbox.bc_api}/companies({self.company_id})"

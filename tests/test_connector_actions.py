@@ -215,3 +215,60 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(connector_env: ConnectorEnv,
                                                    fragment: str) -> None:
     message = connector_env.fail(*args)
     assert fragment in message and len(message.splitlines()) <= 3
+
+
+def test_an_uncoupled_currency_fails_the_customer_until_the_currency_mapping_is_synchronized(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    gbp = bc.get(f"{connector_env.bc_company_api}/currencies?$filter=code eq 'GBP'").json()["value"][0]
+    customer = connector_env.create_customers(bc, [unique("Pound Customer")], currencyId=gbp["id"])[0]
+    out = connector_env.run("create-in-dataverse", "CUSTOMER", customer["number"])
+    assert counters(out["jobs"][0]) == {"failed": 1}
+    assert out["jobs"][0]["errors"] == [
+        f"Customer {customer['number']}: The data could not be updated because of the following error: "
+        "Currency Code GBP must be coupled to a Dataverse row."]
+    assert coupling_of(connector_env, customer["id"]) is None  # a refused create leaves no trace
+
+    currencies = connector_env.run("create-in-dataverse", "CURRENCY", "--all")
+    job = counters(currencies["jobs"][0])
+    assert job.get("failed", 0) == 0 and job.get("inserted", 0) + job.get("modified", 0) == 3
+    # EUR and GBP already existed in Dataverse: coupled by ISO code, not created twice
+    isos = [r["isocurrencycode"] for r in dv.get(f"{sandbox.api}/transactioncurrencies").json()["value"]]
+    assert sorted(isos) == sorted(set(isos)) and {"EUR", "GBP", "CAD"} <= set(isos)
+
+    out = connector_env.run("create-in-dataverse", "CUSTOMER", customer["number"])
+    assert counters(out["jobs"][0]) == {"inserted": 1}
+    row = account(dv, sandbox, coupling_of(connector_env, customer["id"]).dataverse_id)
+    pound = dv.get(f"{sandbox.api}/transactioncurrencies?$filter=isocurrencycode eq 'GBP'").json()["value"][0]
+    assert row["_transactioncurrencyid_value"] == pound["transactioncurrencyid"]
+    errors = connector_env.run("errors")
+    assert all(e["bc_id"] != customer["id"] for e in errors)
+
+
+def test_the_same_failure_twice_skips_the_record_until_it_is_retried_from_the_errors_page(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    customer = connector_env.create_customers(bc, [unique("Too Long")])[0]
+    connector_env.run("couple", "CUSTOMER", customer["number"], "--create-new")
+    url = f"{connector_env.bc_company_api}/customers({customer['id']})"
+    too_long = "https://example.com/" + "x" * 200  # BC allows 255 characters, Dataverse's websiteurl 200
+    assert bc.patch(url, json={"website": too_long}, headers={"If-Match": "*"}).status_code == 200
+    first = connector_env.run("sync", "CUSTOMER", customer["number"], "--direction", "to-dataverse")["jobs"][0]
+    assert counters(first) == {"failed": 1}
+    assert first["errors"][0].startswith(f"Customer {customer['number']}: Modifying account failed because of the "
+                                         "following error:") and "websiteurl" in first["errors"][0]
+    coupling = coupling_of(connector_env, customer["id"])
+    assert coupling.last_result_to.value == "Failure" and not coupling.skipped
+    second = connector_env.run("sync", "CUSTOMER", customer["number"], "--direction", "to-dataverse")["jobs"][0]
+    assert counters(second) == {"failed": 1} and coupling_of(connector_env, customer["id"]).skipped
+    third = connector_env.run("sync", "CUSTOMER", customer["number"], "--direction", "to-dataverse")["jobs"][0]
+    assert counters(third) == {"skipped": 1}
+
+    listed = [e for e in connector_env.run("errors", "--mapping", "CUSTOMER") if e["bc_id"] == customer["id"]]
+    assert len(listed) == 1 and listed[0]["skipped"] and "websiteurl" in listed[0]["message"]
+    assert connector_env.run("errors", "retry", str(listed[0]["id"])) == {"retried": 1}
+    assert not coupling_of(connector_env, customer["id"]).skipped
+    assert bc.patch(url, json={"website": "https://example.com"}, headers={"If-Match": "*"}).status_code == 200
+    fixed = connector_env.run("errors", "sync", str(listed[0]["id"]), "--direction", "to-dataverse")
+    assert counters(fixed["jobs"][0]) == {"modified": 1}
+    assert account(dv, sandbox, coupling.dataverse_id)["websiteurl"] == "https://example.com"
+    assert all(e["bc_id"] != customer["id"] for e in connector_env.run("errors"))
+    assert "no failed or skipped coupling with id" in connector_env.fail("errors", "skip", str(listed[0]["id"]))

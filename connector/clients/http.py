@@ -11,6 +11,7 @@ mark the rare one that is not.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import msal
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import SSLError as Urllib3SSLError
 from urllib3.util.retry import Retry
 
 from .errors import AuthenticationError, ServiceError, TransportError, strip_correlation
@@ -33,8 +36,33 @@ class RetrySettings:
     timeout: float = 120.0
 
 
+class _Retry(Retry):
+    """urllib3's Retry, counting a TLS stream cut mid-request as the dropped connection it is.
+
+    A server that closes the socket while the client is still writing surfaces as an SSL error
+    ("EOF occurred in violation of protocol"), which urllib3 would not retry; certificate failures
+    stay fatal at once.
+    """
+
+    def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> Retry:
+        if isinstance(error, Urllib3SSLError) and not _certificate_problem(error):
+            error = ProtocolError("connection dropped during TLS", error)
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+
+def _certificate_problem(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError) or any(
+                isinstance(arg, ssl.SSLCertVerificationError) for arg in getattr(seen, "args", ())):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _retry(settings: RetrySettings, methods: frozenset[str] | None) -> Retry:
-    return Retry(
+    return _Retry(
         total=settings.attempts,
         connect=settings.attempts,
         read=settings.attempts,

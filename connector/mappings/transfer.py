@@ -164,8 +164,8 @@ class FieldTransfer:
         if f.bc_field in self.bc.references:
             _, caption, code_field = self.bc.references[f.bc_field]
             entity_set = self.bc.references[f.bc_field][0]
-            value = (source.get(code_field) if code_field else None) or self.resolver.code_of(entity_set, value) \
-                or value
+            value = (source.get(code_field) if code_field else None) or (
+                self.resolver.code_of(entity_set, str(value)) if value else None) or value
         elif f.bc_field in self.bc.code_references:
             caption = self.bc.code_references[f.bc_field][1]
         return caption, str(value)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     DateTime,
     Enum,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -206,6 +207,10 @@ class JobError(Base):
     """One failed record of a job (or one summary row)."""
 
     __tablename__ = "job_error"
+    __table_args__ = (
+        Index("ix_job_error_job_bc_record", "job_id", "bc_id"),
+        Index("ix_job_error_job_dataverse_row", "job_id", "dataverse_id"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("sync_job.id", ondelete="CASCADE"), index=True)

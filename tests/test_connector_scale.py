@@ -1,0 +1,114 @@
+"""The connector's traffic: bulk, not chatty, and correct when the services misbehave.
+
+The request counts come from the services' own request journals (the control API), so they are
+what the services saw, retries included.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+from typing import Any
+
+import pytest
+import requests
+
+from connector.clients.bc import ID_CHUNK as BC_ID_CHUNK
+from connector.clients.dataverse import ID_CHUNK as DATAVERSE_ID_CHUNK
+from tests.conftest import ConnectorEnv, start_connector, start_sandbox
+
+N = 500
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"))
+    try:
+        yield start_connector(sandbox, tmp_path_factory.mktemp("connector"))
+    finally:
+        sandbox.sandbox.stop()
+
+
+def service_requests(env: ConnectorEnv, service: str) -> list[dict[str, Any]]:
+    return [e for e in env.journal(service) if not e["path"].startswith("/_sandbox")]
+
+
+def accounts_named(env: ConnectorEnv, dv: requests.Session, prefix: str) -> Counter[str]:
+    names: Counter[str] = Counter()
+    url: str | None = f"{env.sandbox.api}/accounts?$select=name&$filter=startswith(name,'{prefix}')"
+    while url:
+        body = dv.get(url, headers={"Prefer": "odata.maxpagesize=5000"}).json()
+        names.update(r["name"] for r in body["value"])
+        url = body.get("@odata.nextLink")
+    return names
+
+
+def test_create_in_dataverse_and_synchronize_now_of_500_customers_are_bulk(env: ConnectorEnv) -> None:
+    bc, dv = env.sandbox.bc_session(), env.sandbox.session()
+    tag = uuid.uuid4().hex[:6]
+    records = env.create_customers(bc, [f"Bulk {tag} {i:03d}" for i in range(N)])
+    numbers = [r["number"] for r in records]
+    env.run("test-connection")  # tokens and the company row: the constant part, measured apart
+    env.clear_journals()
+    out = env.run("create-in-dataverse", "CUSTOMER", *numbers)
+    assert out["jobs"][0]["inserted"] == N and out["jobs"][0]["failed"] == 0
+    dataverse, business_central = service_requests(env, "dataverse"), service_requests(env, "bc")
+    # BC: the named records, read ceil(N/chunk) at a time; Dataverse: one $batch per 500 writes,
+    # plus a constant: this company's row and the local currency.
+    assert len(business_central) <= math.ceil(N / BC_ID_CHUNK) + 1, [e["path"] for e in business_central]
+    assert len(dataverse) <= math.ceil(N / 500) + 3, [(e["method"], e["path"]) for e in dataverse]
+    assert sum(1 for e in dataverse if e["path"].endswith("$batch")) == math.ceil(N / 500)
+    assert accounts_named(env, dv, f"Bulk {tag}") == Counter({r["displayName"]: 1 for r in records})
+
+    env.bc_batch(bc, [{"method": "PATCH", "url": f"companies({env.company_id})/customers({r['id']})",
+                       "headers": {"If-Match": "*", "Content-Type": "application/json"}, "body": {"city": "Tromsø"}}
+                      for r in records])
+    env.clear_journals()
+    out = env.run("sync", "CUSTOMER", *numbers, "--direction", "to-dataverse")
+    assert out["jobs"][0]["modified"] == N
+    dataverse, business_central = service_requests(env, "dataverse"), service_requests(env, "bc")
+    assert len(business_central) <= math.ceil(N / BC_ID_CHUNK) + 1
+    reads = math.ceil(N / DATAVERSE_ID_CHUNK)  # the coupled rows, to write only what changed
+    assert len(dataverse) <= reads + math.ceil(N / 500) + 3, [(e["method"], e["path"]) for e in dataverse]
+    cities = Counter()
+    for r in dv.get(f"{env.sandbox.api}/accounts?$select=address1_city&$filter=startswith(name,'Bulk {tag}')",
+                    headers={"Prefer": "odata.maxpagesize=5000"}).json()["value"]:
+        cities[r["address1_city"]] += 1
+    assert cities == Counter({"Tromsø": N})
+
+
+def test_faults_on_both_services_lose_and_duplicate_nothing(env: ConnectorEnv) -> None:
+    bc, dv = env.sandbox.bc_session(), env.sandbox.session()
+    tag = uuid.uuid4().hex[:6]
+    records = env.create_customers(bc, [f"Faulty {tag} {i:03d}" for i in range(200)])
+    numbers = [r["number"] for r in records]
+    env.set_sync(page_size=50, dataverse_batch_size=40, bc_batch_size=40, retries=20)
+    faults = {"error_rate": 0.3, "throttle_rate": 0.15, "drop_rate": 0.1, "retry_after": 1, "seed": 20261201}
+    for service in ("dataverse", "bc"):
+        assert env.sandbox.control("PUT", "faults", service=service, json=faults).status_code == 200
+    env.clear_journals()
+    try:
+        created = env.run("create-in-dataverse", "CUSTOMER", *numbers)
+        env.bc_batch(bc, [{"method": "PATCH", "url": f"companies({env.company_id})/customers({r['id']})",
+                           "headers": {"If-Match": "*", "Content-Type": "application/json"},
+                           "body": {"city": "Faultville"}} for r in records])
+        synced = env.run("sync", "CUSTOMER", *numbers, "--direction", "to-dataverse")
+        statuses = [e["status"] for service in ("dataverse", "bc") for e in service_requests(env, service)]
+    finally:
+        for service in ("dataverse", "bc"):
+            env.sandbox.control("DELETE", "faults", service=service)
+        env.set_sync(page_size=500, dataverse_batch_size=500, bc_batch_size=100, retries=8)
+    assert {k: created["jobs"][0][k] for k in ("inserted", "failed")} == {"inserted": 200, "failed": 0}, created["jobs"][0]["errors"][:2]
+    assert {k: synced["jobs"][0][k] for k in ("modified", "failed", "skipped")} == {
+        "modified": 200, "failed": 0, "skipped": 0}, synced["jobs"][0]["errors"][:2]
+    # the faults happened: 503s, a burst of 429s, and dropped connections (journaled without a status)
+    assert statuses.count(503) >= 5 and statuses.count(429) >= 3
+    assert any(a == b == 429 for a, b in zip(statuses, statuses[1:], strict=False))
+    assert accounts_named(env, dv, f"Faulty {tag}") == Counter({r["displayName"]: 1 for r in records})
+    couplings = [c for c in env.couplings("customers") if c.bc_id in {r["id"] for r in records}]
+    assert len(couplings) == 200 and not any(c.pending for c in couplings)
+    assert len({c.dataverse_id for c in couplings}) == 200
+    rows = dv.get(f"{env.sandbox.api}/accounts?$select=address1_city&$filter=startswith(name,'Faulty {tag}')",
+                  headers={"Prefer": "odata.maxpagesize=5000"}).json()["value"]
+    assert Counter(r["address1_city"] for r in rows) == Counter({"Faultville": 200})
