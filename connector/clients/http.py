@@ -14,7 +14,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import msal
 import requests
@@ -45,7 +45,7 @@ class _Retry(Retry):
     """
 
     def increment(self, method: str | None = None, url: str | None = None, response: Any = None,
-                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> Retry:
+                  error: Exception | None = None, _pool: Any = None, _stacktrace: Any = None) -> Self:
         if isinstance(error, Urllib3SSLError) and not _certificate_problem(error):
             error = ProtocolError("connection dropped during TLS", error)
         return super().increment(method, url, response, error, _pool, _stacktrace)
