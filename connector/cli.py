@@ -38,7 +38,17 @@ from .jobs import Outcome
 from .mappings.setup import MappingError, find_field, install_defaults, set_field, set_mapping
 from .mappings.tables import bc_entity
 from .runtime import Connector, ConnectorError
-from .store import Coupling, DeletionConflict, Direction, FieldStatus, SyncJob, TableMapping, UpdateConflict
+from .store import (
+    Coupling,
+    DeletionConflict,
+    Direction,
+    FieldStatus,
+    MappingKind,
+    OptionCoupling,
+    SyncJob,
+    TableMapping,
+    UpdateConflict,
+)
 from .sync import bc_select, synchronize_from_dataverse, synchronize_now
 
 out = Console()
@@ -512,6 +522,14 @@ def couplings_command(ctx: click.Context, mapping_name: str, as_json: bool) -> N
     with _connector(ctx) as cx:
         mapping = cx.mapping(mapping_name)
         with cx.state.session() as session:
+            if mapping.kind is MappingKind.OPTION:
+                options = [{"id": o.id, "bc_id": o.bc_id, "bc_code": o.bc_code, "option_value": o.option_value,
+                            "option_label": o.option_label} for o in session.scalars(
+                    select(OptionCoupling).where(OptionCoupling.mapping_name == mapping.name)
+                    .order_by(OptionCoupling.id))]
+                _emit(as_json, options, lambda: [out.print(f"{o['bc_code']:12} {o['option_value']:>10}  "
+                                                           f"{o['option_label']}") for o in options])
+                return
             rows = [_coupling_row(c) for c in session.scalars(select(Coupling).where(
                 Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_table == mapping.dataverse_table)
                 .order_by(Coupling.id))]

@@ -16,9 +16,10 @@ from .clients import BatchOp, ClientError
 from .clients._chunks import chunks
 from .jobs import JobLog, Outcome, RecordRef
 from .mappings.tables import DATAVERSE_COMPANY, bc_entity, dataverse_table, lookup_value_name
+from .options import OptionPass, code_field
 from .records import bc_records, combine, dataverse_row
 from .runtime import Connector, ConnectorError
-from .store import Coupling, Direction, JobType, TableMapping
+from .store import Coupling, Direction, JobType, MappingKind, OptionCoupling, TableMapping
 from .sync import Options, Pass, bc_select, dataverse_select
 
 
@@ -40,9 +41,12 @@ def create_in_dataverse(cx: Connector, mapping: TableMapping, records: Iterable[
         raise ConnectorError(f"The {mapping.name} mapping synchronizes only from Dataverse; records cannot be created "
                              "in Dataverse.")
     job = JobLog(cx.state, mapping.name, JobType.SYNCHRONIZATION, Direction.TO_INTEGRATION)
-    engine = Pass(cx, mapping, Direction.TO_INTEGRATION, job, Options(sync_only_coupled=False, insert_only=True),
-                  progress=progress)
-    engine.run(records)
+    if mapping.kind is MappingKind.OPTION:  # option mappings couple to option values (§4.2 step 2)
+        OptionPass(cx, mapping, job, progress).run(records, insert_only=True)
+    else:
+        engine = Pass(cx, mapping, Direction.TO_INTEGRATION, job, Options(sync_only_coupled=False, insert_only=True),
+                      progress=progress)
+        engine.run(records)
     job.finish()
     return Outcome([job], [])
 
@@ -157,6 +161,8 @@ def _couplings(cx: Connector, mapping: TableMapping, bc_ids: list[str] | None) -
 def uncouple(cx: Connector, mapping: TableMapping, bc_keys: list[str] | None,
              progress: Callable[[int], None] | None = None) -> Outcome:
     """Delete Coupling for the named BC records, or (``None``) every coupling of the mapping."""
+    if mapping.kind is MappingKind.OPTION:
+        return _uncouple_options(cx, mapping, bc_keys)
     table = dataverse_table(mapping.dataverse_table)
     job = JobLog(cx.state, mapping.name, JobType.UNCOUPLING, mapping.direction)
     notes: list[str] = []
@@ -189,3 +195,16 @@ def uncouple(cx: Connector, mapping: TableMapping, bc_keys: list[str] | None,
             _clear_company(cx, mapping, page, job)
     job.finish()
     return Outcome([job], notes)
+
+
+def _uncouple_options(cx: Connector, mapping: TableMapping, bc_keys: list[str] | None) -> Outcome:
+    """Option couplings are only rows of the state: deleting them writes nothing to Dataverse."""
+    job = JobLog(cx.state, mapping.name, JobType.UNCOUPLING, mapping.direction)
+    with cx.state.session() as session:
+        query = delete(OptionCoupling).where(OptionCoupling.mapping_name == mapping.name)
+        if bc_keys is not None:
+            ids = [r["id"].lower() for r in bc_records(cx, mapping, bc_keys, ["id", code_field(mapping)])]
+            query = query.where(OptionCoupling.bc_id.in_(ids))
+        job.count("uncoupled", session.execute(query).rowcount or 0)  # type: ignore[attr-defined]
+    job.finish()
+    return Outcome([job], [])

@@ -45,9 +45,19 @@ from .mappings.transfer import (
     bc_fields,
     dataverse_columns,
 )
+from .options import OptionPass, code_field
 from .records import bc_records
 from .runtime import Connector, ConnectorError
-from .store import Coupling, DeletionConflict, Direction, JobType, SyncResult, TableMapping, UpdateConflict
+from .store import (
+    Coupling,
+    DeletionConflict,
+    Direction,
+    JobType,
+    MappingKind,
+    SyncResult,
+    TableMapping,
+    UpdateConflict,
+)
 
 TOLERANCE = timedelta(milliseconds=10)
 
@@ -594,6 +604,11 @@ def synchronize_now(cx: Connector, mapping: TableMapping, bc_keys: list[str], di
     One uncoupled record is refused (BC opens Set Up Coupling instead).
     """
     chosen = choose_direction(mapping, direction)
+    if mapping.kind is MappingKind.OPTION:
+        job = JobLog(cx.state, mapping.name, JobType.SYNCHRONIZATION, chosen)
+        OptionPass(cx, mapping, job, progress).run(bc_records(cx, mapping, bc_keys, ["id", code_field(mapping)]))
+        job.finish()
+        return Outcome([job], [])
     records = bc_records(cx, mapping, bc_keys, bc_select(mapping))
     with cx.state.session() as session:
         coupled = {c.bc_id: c for c in session.scalars(select(Coupling).where(
