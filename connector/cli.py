@@ -527,8 +527,10 @@ def couplings_command(ctx: click.Context, mapping_name: str, as_json: bool) -> N
                             "option_label": o.option_label} for o in session.scalars(
                     select(OptionCoupling).where(OptionCoupling.mapping_name == mapping.name)
                     .order_by(OptionCoupling.id))]
-                _emit(as_json, options, lambda: [out.print(f"{o['bc_code']:12} {o['option_value']:>10}  "
-                                                           f"{o['option_label']}") for o in options])
+                table = Table("Id", f"BC {bc_entity(mapping.bc_entity).caption}", "Option value", "Label")
+                for o in options:
+                    table.add_row(str(o["id"]), o["bc_code"], str(o["option_value"]), o["option_label"])
+                _emit(as_json, options, lambda: out.print(table))
                 return
             rows = [_coupling_row(c) for c in session.scalars(select(Coupling).where(
                 Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_table == mapping.dataverse_table)
