@@ -529,7 +529,7 @@ def couplings_command(ctx: click.Context, mapping_name: str, as_json: bool) -> N
                     .order_by(OptionCoupling.id))]
                 table = Table("Id", f"BC {bc_entity(mapping.bc_entity).caption}", "Option value", "Label")
                 for o in options:
-                    table.add_row(str(o["id"]), o["bc_code"], str(o["option_value"]), o["option_label"])
+                    table.add_row(str(o["id"]), str(o["bc_code"]), str(o["option_value"]), str(o["option_label"]))
                 _emit(as_json, options, lambda: out.print(table))
                 return
             rows = [_coupling_row(c) for c in session.scalars(select(Coupling).where(
