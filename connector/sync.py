@@ -25,7 +25,7 @@ from dateutil.parser import isoparse
 from sqlalchemy import delete, select
 
 from .clients import BatchOp, BatchResult, ClientError
-from .clients._chunks import chunks
+from .clients._chunks import chunks, quote
 from .jobs import JobLog, Outcome, RecordRef, previous_error
 from .mappings.resolve import Resolver, as_uuid_text
 from .mappings.tables import (
@@ -36,6 +36,7 @@ from .mappings.tables import (
     bc_entity,
     dataverse_table,
     lookup_value_name,
+    next_code,
 )
 from .mappings.transfer import (
     FieldTransfer,
@@ -165,6 +166,7 @@ class Pass:
         self.table = dataverse_table(mapping.dataverse_table)
         self.entity = bc_entity(mapping.bc_entity)
         self.latest_source_modified: datetime | None = None
+        self._last_code: str | None = None
 
     # -- reading ------------------------------------------------------------------------------
     def dataverse_select(self) -> list[str]:
@@ -381,7 +383,23 @@ class Pass:
                     values["ownerid@odata.bind"] = f"/teams({team})"
         elif inserting:
             values.update(self.mapping.bc_template or {})
+            if self.entity.new_code and self.entity.number_field not in values:
+                values[self.entity.number_field] = self._new_code()
         return values
+
+    def _new_code(self) -> str:
+        """The code of a BC record created from Dataverse: after the highest one in use (BC's IncStr)."""
+        assert self.entity.new_code is not None
+        if self._last_code is None:
+            field, stem = self.entity.number_field, self.entity.new_code.rstrip("0123456789")
+            rows = list(self.cx.bc.rows(self.mapping.bc_entity, select=[field], orderby=f"{field} desc",
+                                        filter=f"startswith({field},{quote(stem)})", page_size=1))
+            self._last_code = str(rows[0][field]) if rows else None
+            code = next_code(self._last_code) if self._last_code else self.entity.new_code
+        else:
+            code = next_code(self._last_code)
+        self._last_code = code
+        return code
 
     def _fail(self, item: Item, message: str) -> None:
         item.action, item.message = Action.FAIL, message

@@ -272,3 +272,35 @@ def test_the_same_failure_twice_skips_the_record_until_it_is_retried_from_the_er
     assert account(dv, sandbox, coupling.dataverse_id)["websiteurl"] == "https://example.com"
     assert all(e["bc_id"] != customer["id"] for e in connector_env.run("errors"))
     assert "no failed or skipped coupling with id" in connector_env.fail("errors", "skip", str(listed[0]["id"]))
+
+
+def test_salespeople_come_from_dataverse_users_and_decide_the_owner_of_new_accounts(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    users = {u["fullname"]: u for u in dv.get(f"{sandbox.api}/systemusers?$select=fullname,internalemailaddress")
+             .json()["value"]}
+    jordan, maren = users["Jordan Pike"], users["Maren Lindqvist"]
+    out = connector_env.run("couple", "SALESPEOPLE", "JP", "--dataverse-name", "Jordan Pike",
+                            "--sync", "from-dataverse")
+    assert [counters(j) for j in out["jobs"]] == [{"coupled": 1}, {"modified": 1}]
+    jp = bc.get(f"{connector_env.bc_company_api}/salespeoplePurchasers?$filter=code eq 'JP'").json()["value"][0]
+    assert (jp["displayName"], jp["email"]) == ("Jordan Pike", jordan["internalemailaddress"])
+
+    connector_env.run("mappings", "set", "SALESPEOPLE", "--no-sync-only-coupled")
+    try:
+        created = connector_env.run("sync-from-dataverse", "SALESPEOPLE", maren["systemuserid"])
+    finally:
+        connector_env.run("mappings", "set", "SALESPEOPLE", "--sync-only-coupled")
+    assert [counters(j) for j in created["jobs"]] == [{"inserted": 1}]
+    new = bc.get(f"{connector_env.bc_company_api}/salespeoplePurchasers?$filter=code eq 'SP NO. 00001'").json()
+    assert [s["displayName"] for s in new["value"]] == ["Maren Lindqvist"]  # BC numbers new salespeople
+
+    owned, unowned = connector_env.create_customers(bc, [unique("Owned"), unique("Team Owned")])
+    for record, code in ((owned, "JP"), (unowned, "AH")):
+        url = f"{connector_env.bc_company_api}/customers({record['id']})"
+        assert bc.patch(url, json={"salespersonCode": code}, headers={"If-Match": "*"}).status_code == 200
+    connector_env.run("create-in-dataverse", "CUSTOMER", owned["number"], unowned["number"])
+    owner = account(dv, sandbox, coupling_of(connector_env, owned["id"]).dataverse_id)["_ownerid_value"]
+    assert owner == jordan["systemuserid"]
+    team = account(dv, sandbox, coupling_of(connector_env, unowned["id"]).dataverse_id)["_ownerid_value"]
+    company = dv.get(f"{sandbox.api}/bcbi_companies({company_row(connector_env)})").json()
+    assert team == company["_bcbi_defaultowningteam_value"]  # AH is not coupled: the company's team owns it

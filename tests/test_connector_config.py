@@ -111,3 +111,21 @@ def test_an_untrusted_certificate_fails_at_once_instead_of_being_retried(sandbox
     with pytest.raises(TransportError, match="certificate verify failed"):
         core.send("GET", "WhoAmI")
     assert time.monotonic() - started < 3
+
+
+def test_setup_creates_this_company_row_when_dataverse_has_none(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    from tests.conftest import start_connector
+
+    dv = sandbox.session()
+    company = sandbox.info["bc"]["companies"][1]
+    rows = dv.get(f"{sandbox.api}/bcbi_companies?$filter=bcbi_externalid eq '{company['id']}'").json()["value"]
+    for row in rows:
+        assert dv.delete(f"{sandbox.api}/bcbi_companies({row['bcbi_companyid']})").status_code == 204
+    env = start_connector(sandbox, tmp_path, company_index=1)
+    created = dv.get(f"{sandbox.api}/bcbi_companies?$filter=bcbi_externalid eq '{company['id']}'").json()["value"]
+    assert [r["bcbi_name"] for r in created] == [company["name"]]
+    customer = env.run("mappings", "show", "CUSTOMER")
+    assert f"_bcbi_companyid_value eq {created[0]['bcbi_companyid']}" in customer["integration_table_filter"]
+    env.run("setup", "defaults")  # found again, not created twice
+    again = dv.get(f"{sandbox.api}/bcbi_companies?$filter=bcbi_externalid eq '{company['id']}'").json()["value"]
+    assert len(again) == 1

@@ -9,6 +9,7 @@ through its per-target navigation (``parentcustomerid_account``).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 DATAVERSE_MODIFIED_ON = "modifiedon"
@@ -43,6 +44,7 @@ class BCEntity:
     code_references: dict[str, tuple[str, str]] = field(default_factory=dict)
     captions: dict[str, str] = field(default_factory=dict)
     codes: frozenset[str] = frozenset()  # Code fields: BC stores them upper-cased and trimmed
+    new_code: str | None = None  # the first code of records created from Dataverse (then incremented)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "codes", self.codes | {self.number_field})
@@ -97,7 +99,8 @@ BC_ENTITIES: dict[str, BCEntity] = {e.set_name: e for e in (
              code_references={"baseUnitOfMeasureCode": ("unitsOfMeasure", "Base Unit of Measure")},
              captions={"displayName": "Name"}, codes=frozenset({"baseUnitOfMeasureCode"})),
     BCEntity("currencies", "Currency", "code", captions={"displayName": "Description"}),
-    BCEntity("salespeoplePurchasers", "Salesperson/Purchaser", "code", captions={"displayName": "Name"}),
+    BCEntity("salespeoplePurchasers", "Salesperson/Purchaser", "code", captions={"displayName": "Name"},
+             new_code="SP NO. 00001"),
     BCEntity("unitsOfMeasure", "Unit of Measure", "code"),
     BCEntity("paymentTerms", "Payment Terms", "code"),
     BCEntity("shipmentMethods", "Shipment Method", "code"),
@@ -137,3 +140,12 @@ def lookup_value_name(column: str) -> str:
 
 def bind_name(table: DataverseTable, column: str, target: str) -> str:
     return f"{column}_{target}@odata.bind" if column in table.polymorphic else f"{column}@odata.bind"
+
+
+def next_code(code: str) -> str:
+    """BC's IncStr: the last run of digits plus one, keeping its width ('SP NO. 00009' -> 'SP NO. 00010')."""
+    match = re.search(r"(\d+)(\D*)$", code)
+    if match is None:
+        return code + "1"
+    digits, tail = match.group(1), match.group(2)
+    return code[:match.start(1)] + str(int(digits) + 1).zfill(len(digits)) + tail
