@@ -304,3 +304,26 @@ def test_salespeople_come_from_dataverse_users_and_decide_the_owner_of_new_accou
     team = account(dv, sandbox, coupling_of(connector_env, unowned["id"]).dataverse_id)["_ownerid_value"]
     company = dv.get(f"{sandbox.api}/bcbi_companies({company_row(connector_env)})").json()
     assert team == company["_bcbi_defaultowningteam_value"]  # AH is not coupled: the company's team owns it
+
+
+def test_payment_terms_and_shipment_methods_become_option_values_and_then_customers_carry_them(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    terms = connector_env.run("create-in-dataverse", "PAYMENT TERMS", "--all")["jobs"][0]
+    # 'NET 30' and 'NET 60' are the options 'Net 30' and 'Net 60'; the other five are added
+    assert counters(terms) == {"coupled": 2, "inserted": 5}
+    coupled = {o["bc_code"]: o for o in connector_env.run("couplings", "PAYMENT TERMS")}
+    assert (coupled["NET 30"]["option_value"], coupled["NET 60"]["option_value"]) == (1, 4)
+    assert coupled["30 DAYS"]["option_label"] == "30 DAYS" and coupled["30 DAYS"]["option_value"] >= 100_000_000
+    again = connector_env.run("create-in-dataverse", "PAYMENT TERMS", "--all")["jobs"][0]
+    assert counters(again) == {"skipped": 7}  # coupled already: no second option for anyone
+    methods = connector_env.run("create-in-dataverse", "SHIPMENT METHOD", "--all")["jobs"][0]
+    assert counters(methods) == {"coupled": 1, "inserted": 3}
+    connector_env.run("create-in-dataverse", "CURRENCY", "--all")
+
+    created = connector_env.run("create-in-dataverse", "CUSTOMER", "10000")["jobs"][0]  # from the fixture
+    assert counters(created) == {"inserted": 1}, created["errors"]
+    customer = bc.get(f"{connector_env.bc_company_api}/customers?$filter=number eq '10000'").json()["value"][0]
+    row = account(dv, sandbox, coupling_of(connector_env, customer["id"]).dataverse_id)
+    assert row["paymenttermscode"] == coupled["1M(8D)"]["option_value"]
+    assert row["address1_freighttermscode"] == 1  # FOB
+    assert (row["name"], row["creditlimit"]) == ("Adatum Corporation", 50000)

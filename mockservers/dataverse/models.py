@@ -28,6 +28,7 @@ from ..odata.values import parse_guid, to_stored
 from . import exceptions as exc
 from .exceptions import DataverseError
 from .functions import FUNCTIONS
+from .option_values import OptionValues
 from .tables import bind_navigation, build_schema, computed_values, default_status, table_info
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -68,6 +69,7 @@ class DataverseBackend:
         self.fixture_name = fixture
         self.schema: Schema = build_schema(load_customizations(fixture))
         self.store = Store(self.schema, db_url)
+        self.option_values = OptionValues(self.schema, self.store)
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
         data = load_fixture(fixture)
@@ -80,6 +82,7 @@ class DataverseBackend:
         )
         with self.store.read() as conn:
             empty = self.store.count(conn, self.entity("systemuser")) == 0
+            self.option_values.apply(conn)
         if empty:
             self.seed(fixture, system_only=True)
         else:
@@ -475,6 +478,9 @@ class DataverseBackend:
             values.setdefault(name, value)
         if not values.get(entity.key):
             values[entity.key] = str(uuid.uuid4())
+        for prop in entity.properties:  # Yes/No and choice columns start at their declared default
+            if prop.default is not None and not prop.hidden and prop.name not in values:
+                values[prop.name] = prop.default
         self._server_columns(conn, entity, values, caller, creating=True, existing=None)
         self._system_required(entity, values, creating=True)
         try:
@@ -606,7 +612,13 @@ class DataverseBackend:
 
     def reset(self) -> None:
         self.store.reset()
+        with self.store.read() as conn:
+            self.option_values.apply(conn)  # added options went with the data
         self.seed(self.fixture_name, system_only=True)
+
+    def insert_option_value(self, body: Any) -> int:
+        with self.transactions.connection(True) as conn:
+            return self.option_values.insert(conn, body)
 
     # -- the org's own rows: organization settings, SDK messages and their filters -------------
     def _ensure_system_rows(self) -> None:

@@ -27,7 +27,7 @@ from ..odata.urlpath import Segment, parse_key, split_path
 from ..odata.values import to_json
 from . import batch as batch_protocol
 from . import exceptions as exc
-from . import functions
+from . import functions, option_values
 from .exceptions import DataverseError
 from .metadata_query import MetadataQuery
 from .models import Caller, DataverseBackend, parse_etag
@@ -120,6 +120,12 @@ class DataverseService:
             if req.method != "GET" or len(segments) > 1:
                 raise self._no_resource(req)
             return self.call_function(req, function, head.key)
+        if head.name.removeprefix("Microsoft.Dynamics.CRM.") == "InsertOptionValue" and head.key is None:
+            if req.method != "POST" or len(segments) > 1:
+                raise self._no_resource(req)
+            value = self.backend.insert_option_value(self._body(req))
+            return Result.json(200, {"@odata.context": self.context("Microsoft.Dynamics.CRM.InsertOptionValueResponse"),
+                                     "NewOptionValue": value})
         if head.name in ("EntityDefinitions", "RelationshipDefinitions", "GlobalOptionSetDefinitions"):
             if req.method != "GET":
                 raise DataverseError(405, exc.NOT_SUPPORTED, "Metadata changes are not supported by the sandbox.")
@@ -146,7 +152,8 @@ class DataverseService:
 
     def metadata(self, req: Request) -> Result:
         if self._csdl is None:
-            self._csdl = render_csdl(self.schema, container="System", extra_schema_xml=functions.CSDL)
+            self._csdl = render_csdl(self.schema, container="System",
+                                     extra_schema_xml=functions.CSDL + option_values.CSDL)
         return Result(200, [("Content-Type", "application/xml")], self._csdl.encode())
 
     def call_function(self, req: Request, function: functions.Function, raw_args: str | None) -> Result:

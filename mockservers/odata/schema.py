@@ -159,6 +159,13 @@ class EntityType:
         prop = self._props.get(name)
         return prop is not None and not prop.hidden and not prop.read_only
 
+    def replace_property(self, prop: Property) -> None:
+        """Swap in a new version of a declared property (an option set extended at run time)."""
+        if prop.name not in self._props:
+            raise ValueError(f"{self.name}: {prop.name!r} is not a declared property")
+        self.properties = [prop if p.name == prop.name else p for p in self.properties]
+        self._props[prop.name] = prop
+
     def add_alternate_key(self, key: AlternateKey) -> None:
         for prop in key.properties:
             if prop not in self._props:
