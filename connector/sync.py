@@ -28,6 +28,7 @@ from .clients import BatchOp, BatchResult, ClientError
 from .clients._chunks import chunks, quote
 from .jobs import JobLog, Outcome, RecordRef, previous_error
 from .mappings.resolve import Resolver, as_uuid_text
+from .mappings.rules import PairRules
 from .mappings.tables import (
     BC_MODIFIED_ON,
     DATAVERSE_COMPANY,
@@ -167,6 +168,7 @@ class Pass:
         self.entity = bc_entity(mapping.bc_entity)
         self.latest_source_modified: datetime | None = None
         self._last_code: str | None = None
+        self.rules = PairRules(cx, mapping.bc_entity, mapping.dataverse_table)
 
     # -- reading ------------------------------------------------------------------------------
     def dataverse_select(self) -> list[str]:
@@ -372,6 +374,7 @@ class Pass:
         if self.to_dataverse:
             if inserting:
                 values.update(self.mapping.dataverse_template or {})
+            self.rules.apply(item.source, values, inserting)
             if self.table.has_company:
                 company = self.cx.company()
                 current = as_uuid_text((item.destination or {}).get(lookup_value_name(DATAVERSE_COMPANY)))

@@ -327,3 +327,38 @@ def test_payment_terms_and_shipment_methods_become_option_values_and_then_custom
     assert row["paymenttermscode"] == coupled["1M(8D)"]["option_value"]
     assert row["address1_freighttermscode"] == 1  # FOB
     assert (row["name"], row["creditlimit"]) == ("Adatum Corporation", 50000)
+
+
+def test_units_of_measure_items_and_resources_become_unit_groups_and_products(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    units = connector_env.run("create-in-dataverse", "UNIT OF MEASURE", "--all")["jobs"][0]
+    assert counters(units) == {"inserted": 3}, units["errors"]
+    groups = {g["name"]: g for g in dv.get(
+        f"{sandbox.api}/uomschedules?$filter=startswith(name,'NAV ')&$expand=unit_of_measure_schedule_conversions"
+        "($select=name,quantity,isschedulebaseuom)").json()["value"]}
+    assert set(groups) == {"NAV PCS", "NAV BOX", "NAV HOUR"}
+    pieces = groups["NAV PCS"]
+    assert pieces["baseuomname"] == "PCS"
+    assert [(u["name"], u["quantity"], u["isschedulebaseuom"]) for u in
+            pieces["unit_of_measure_schedule_conversions"]] == [("PCS", 1, True)]  # the group's one unit
+
+    item = bc.get(f"{connector_env.bc_company_api}/items?$filter=number eq '1896-S'").json()["value"][0]
+    created = connector_env.run("create-in-dataverse", "ITEM-PRODUCT", "1896-S")["jobs"][0]
+    assert counters(created) == {"inserted": 1}, created["errors"]
+    coupling = [c for c in connector_env.couplings("items") if c.bc_id == item["id"]][0]
+    product = dv.get(f"{sandbox.api}/products({coupling.dataverse_id})").json()
+    assert (product["productnumber"], product["name"], product["price"]) == ("1896-S", item["displayName"],
+                                                                               item["unitPrice"])
+    assert product["standardcost"] == product["currentcost"] == item["unitCost"]
+    assert (product["producttypecode"], product["statecode"]) == (1, 0)  # Sales Inventory, active
+    assert product["_defaultuomscheduleid_value"] == pieces["uomscheduleid"]
+    assert product["_defaultuomid_value"] == pieces["unit_of_measure_schedule_conversions"][0]["uomid"]
+    assert product["_bcbi_companyid_value"] == company_row(connector_env)
+    usd = dv.get(f"{sandbox.api}/transactioncurrencies?$filter=isocurrencycode eq 'USD'").json()["value"][0]
+    assert product["_transactioncurrencyid_value"] == usd["transactioncurrencyid"]
+
+    service = connector_env.run("create-in-dataverse", "RESOURCE-PRODUCT", "SVC-INSTALL")["jobs"][0]
+    assert counters(service) == {"inserted": 1}, service["errors"]
+    resource_id = connector_env.couplings("resources")[0].dataverse_id
+    resource = dv.get(f"{sandbox.api}/products({resource_id})").json()
+    assert (resource["productnumber"], resource["producttypecode"]) == ("SVC-INSTALL", 3)  # Services

@@ -77,3 +77,13 @@ def test_added_options_survive_a_restart_and_go_with_a_reset(tmp_path: Path) -> 
     reopened.reset()
     prop = reopened.entity("account").property("paymenttermscode")
     assert prop is not None and prop.options is not None and prop.options.label(value) is None
+
+
+def test_a_new_unit_group_comes_with_its_base_unit(sandbox: RunningSandbox, dv: requests.Session) -> None:
+    resp = dv.post(f"{sandbox.api}/uomschedules", json={"name": "Crates", "baseuomname": "Crate"},
+                   headers={"Prefer": "return=representation"})
+    assert resp.status_code == 201, resp.text
+    group = resp.json()["uomscheduleid"]
+    units = dv.get(f"{sandbox.api}/uoms?$filter=_uomscheduleid_value eq {group}"
+                   "&$select=name,quantity,isschedulebaseuom").json()["value"]
+    assert [(u["name"], u["quantity"], u["isschedulebaseuom"]) for u in units] == [("Crate", 1, True)]

@@ -517,6 +517,8 @@ def fixture_problems(schema: Schema, seed: dict[str, Any]) -> list[str]:
                 problems.append(f"{where}: duplicate key {key}")
             else:
                 defined.add((block["set"], key.lower()))
+                if block["set"] == "uomschedules" and not updating:  # a unit group brings its base unit
+                    defined.add(("uoms", str(uuid.uuid5(uuid.UUID(key), "base unit"))))
     return problems
 
 

@@ -154,7 +154,7 @@ DEFAULT_MAPPINGS: tuple[MappingSpec, ...] = (
     ),
     MappingSpec(
         "UNIT OF MEASURE", "unitsOfMeasure", "uomschedule", TO,
-        (F("code", "baseuomname", TO, use_for_match=True), F("code", "name", TO)),
+        (F("code", "baseuomname", TO, use_for_match=True),),  # the group's name is "NAV <code>" (rules.py)
     ),
     MappingSpec(
         "ITEM-PRODUCT", "items", "product", BI,

@@ -487,8 +487,20 @@ class DataverseBackend:
             row = self.store.insert(conn, entity, values)
         except engine.ODataError as error:
             raise exc.from_engine(error, entity) from error
+        if entity.name == "uomschedule":
+            self._create_base_unit(conn, row, caller)
         self._run_deferred(conn, entity, row, deferred, caller)
         return row
+
+    def _create_base_unit(self, conn: Connection, schedule: Row, caller: Caller) -> None:
+        """A new unit group comes with its base unit, named after ``baseuomname``
+        (https://learn.microsoft.com/dynamics365/sales/create-unit-groups-add-units-that-group).
+        Its id derives from the group's, so a fixture can refer to it."""
+        unit = self.entity("uom")
+        unit_id = str(uuid.uuid5(uuid.UUID(schedule["uomscheduleid"]), "base unit"))
+        self.create(conn, unit, {"name": schedule["baseuomname"], "quantity": 1,
+                                 "uomscheduleid@odata.bind": f"/uomschedules({schedule['uomscheduleid']})"},
+                    caller=caller, key_values={"uomid": unit_id, "isschedulebaseuom": True})
 
     def _run_deferred(self, conn: Connection, entity: EntityType, row: Row, deferred: list, caller: Caller) -> None:
         for nav, items in deferred:
