@@ -1,17 +1,29 @@
-"""Shared fixtures: a real sandbox (HTTPS, real JWTs, SQLite files) on free ports."""
+"""Shared fixtures: a real sandbox (HTTPS, real JWTs, SQLite files) on free ports.
+
+Modules marked ``pytestmark = pytest.mark.storage`` (the ones that exercise the store: CRUD, queries,
+paging, batches, concurrency, change tracking) run twice when ``SANDBOX_TEST_POSTGRES_URL`` names a
+PostgreSQL server (a role that may create databases, e.g.
+``postgresql+psycopg://sandbox:sandbox@127.0.0.1/sandbox``): once on SQLite files, once on two fresh
+PostgreSQL databases of their own.
+"""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import sqlalchemy as sa
 
 from mockservers.server import Sandbox, SandboxConfig
+
+POSTGRES_ENV = "SANDBOX_TEST_POSTGRES_URL"
 
 
 @dataclass
@@ -78,9 +90,19 @@ class RunningSandbox:
         return requests.request(method, url, headers=headers, verify=self.ca_bundle, timeout=10, **kwargs)
 
 
-def start_sandbox(data_dir: Path, *, seed: bool = True) -> RunningSandbox:
+@dataclass
+class Databases:
+    """Where one sandbox keeps its state: None for the default SQLite files in its data dir."""
+
+    name: str
+    dataverse: str | None = None
+    bc: str | None = None
+
+
+def start_sandbox(data_dir: Path, *, seed: bool = True, databases: Databases | None = None) -> RunningSandbox:
+    databases = databases or Databases("sqlite")
     config = SandboxConfig(data_dir=data_dir, identity_port=0, dataverse_port=0, bc_port=0, tls=True, seed=seed,
-                           webhook_delay_seconds=0.2)
+                           webhook_delay_seconds=0.2, db_url=databases.dataverse, bc_db_url=databases.bc)
     sandbox = Sandbox(config)
     info = sandbox.start()
     return RunningSandbox(sandbox, info, data_dir)
@@ -99,10 +121,58 @@ def _no_foreign_ca_bundle() -> Iterator[None]:
         os.environ.update(saved)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "storage: runs on SQLite and, with SANDBOX_TEST_POSTGRES_URL, on PostgreSQL")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "databases" in metafunc.fixturenames:
+        legs = ["sqlite"]
+        if metafunc.definition.get_closest_marker("storage") and os.environ.get(POSTGRES_ENV):
+            legs.append("postgresql")
+        metafunc.parametrize("databases", legs, indirect=True, scope="module")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not os.environ.get(POSTGRES_ENV) and not hasattr(terminalreporter.config, "workerinput"):
+        terminalreporter.write_line(f"PostgreSQL leg not run: set {POSTGRES_ENV} to run the storage tests on "
+                                    "PostgreSQL too (.ci/run does).")
+
+
+@contextmanager
+def postgres_databases(admin_url: str) -> Iterator[Databases]:
+    """Two fresh databases (Dataverse, BC) owned by the URL's role, dropped afterwards."""
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    names = [f"sbx_{uuid.uuid4().hex[:12]}_{service}" for service in ("dataverse", "bc")]
+    try:
+        with admin.connect() as conn:
+            for name in names:
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' '
+                                     "LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'")
+        url = sa.make_url(admin_url)
+        yield Databases("postgresql", *(url.set(database=name).render_as_string(hide_password=False)
+                                        for name in names))
+    finally:
+        with admin.connect() as conn:
+            for name in names:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
 @pytest.fixture(scope="module")
-def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSandbox]:
+def databases(request: pytest.FixtureRequest) -> Iterator[Databases]:
+    """The databases of the module's sandbox: SQLite files, or (storage modules' second leg) PostgreSQL."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield Databases("sqlite")
+        return
+    with postgres_databases(os.environ[POSTGRES_ENV]) as created:
+        yield created
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[RunningSandbox]:
     """One seeded sandbox per test module (tests that change data use their own records)."""
-    running = start_sandbox(tmp_path_factory.mktemp("sandbox"))
+    running = start_sandbox(tmp_path_factory.mktemp("sandbox"), databases=databases)
     try:
         yield running
     finally:

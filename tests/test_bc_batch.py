@@ -16,6 +16,8 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     from tests.conftest import RunningSandbox
 
+pytestmark = pytest.mark.storage
+
 MISSING = "5de545bc-f6f9-ef11-9344-6045bdc8c234"
 
 

@@ -19,6 +19,8 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     from tests.conftest import RunningSandbox
 
+pytestmark = pytest.mark.storage
+
 ZERO = "00000000-0000-0000-0000-000000000000"
 SUCCESS_TYPE = "application/json; odata.metadata=minimal; odata.streaming=true"
 EDMX = "{http://docs.oasis-open.org/odata/ns/edmx}"

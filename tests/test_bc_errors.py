@@ -23,6 +23,8 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     from tests.conftest import RunningSandbox
 
+pytestmark = pytest.mark.storage
+
 MISSING = "5de545bc-f6f9-ef11-9344-6045bdc8c234"
 ZERO = "00000000-0000-0000-0000-000000000000"
 CORRELATION = re.compile(r"^(?P<text>.*)  CorrelationId:  (?P<id>[0-9a-f-]{36})\.$", re.S)

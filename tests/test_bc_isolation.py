@@ -15,6 +15,8 @@ import sqlalchemy as sa
 if TYPE_CHECKING:
     from tests.conftest import RunningSandbox
 
+pytestmark = pytest.mark.storage
+
 
 @pytest.fixture(scope="module")
 def record_of_a(bc: requests.Session, sandbox: RunningSandbox) -> dict[str, Any]:

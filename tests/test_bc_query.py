@@ -14,9 +14,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 import sqlalchemy as sa
+from sqlalchemy.sql import operators
 
 if TYPE_CHECKING:
     from tests.conftest import RunningSandbox
+
+pytestmark = pytest.mark.storage
 
 CRONUS_EUR = "cc010000-0000-4000-8000-000000000001"
 
@@ -38,11 +41,18 @@ def sql(sandbox: RunningSandbox) -> Callable[..., list[dict[str, Any]]]:
         if where is not None:
             stmt = stmt.where(where(table))
         order_by = order(table) if order is not None else [table.c.number, table.c.id]
-        stmt = stmt.order_by(*order_by)
+        stmt = stmt.order_by(*(nulls_placed(item) for item in order_by))
         with backend.store.read() as conn:
             return [dict(r) for r in conn.execute(stmt).mappings()]
 
     return query
+
+
+def nulls_placed(item: Any) -> Any:
+    """The sandbox's NULL placement on any database: first ascending, last descending (SQL Server's)."""
+    if isinstance(item, sa.UnaryExpression) and item.modifier is operators.desc_op:
+        return item.nulls_last()
+    return item.nulls_first() if isinstance(item, sa.UnaryExpression) else item.asc().nulls_first()
 
 
 def ids(resp: requests.Response) -> list[str]:

@@ -19,6 +19,8 @@ from urllib.parse import quote
 import pytest
 import requests
 
+pytestmark = pytest.mark.storage
+
 GUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 INTEGRATION_USER = "5e000000-0000-4000-8000-000000000002"
 ROOT_BUSINESS_UNIT = "b0000000-0000-4000-8000-000000000001"

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import requests
 
+pytestmark = pytest.mark.storage
+
 API_ROOT = "/api/data/v9.2"
 MISSING = "5b4ced1c-88e1-ee11-904c-6045bd05e9d4"
 

@@ -19,6 +19,8 @@ from odata_query import ast
 
 from mockservers.odata.filter import parse_filter
 
+pytestmark = pytest.mark.storage
+
 USD = "cc000000-0000-4000-8000-000000000001"
 ADATUM = "a0000000-0000-4000-8000-000000000001"
 COMPANY = "bc000000-0000-4000-8000-000000000001"

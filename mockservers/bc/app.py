@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..identity import BUSINESS_CENTRAL_RESOURCE, InvalidToken, TokenValidator
+from ..odata import database
 from ..odata.protocol import to_response
 from ..sandbox.hooks import note_batch_operations, sandbox_admit
 from ..sandbox.install import install_sandbox
@@ -14,6 +18,7 @@ from ..sandbox.services import SandboxServices
 from .exceptions import BCError
 from .models import BCBackend
 from .responses import BCService, Request
+from .webhooks import WebhookConfig, Webhooks
 
 MAX_BODY_BYTES = 350 * 1024 * 1024
 
@@ -27,21 +32,34 @@ def new_sandbox_services() -> SandboxServices:
 
 
 def create_app(
-    backend: BCBackend,
     *,
+    database_url: str = "sqlite://",
+    fixture: str = "default",
+    config: Mapping[str, Any] | None = None,
     validator: TokenValidator | None,
     tenant_aliases: set[str] | None = None,
     sandbox: SandboxServices | None = None,
-    webhooks=None,
+    webhook_config: WebhookConfig | None = None,
     max_page_size: int | None = None,
 ) -> Flask:
-    """``validator`` None disables authentication (tests of the protocol alone)."""
+    """``validator`` None disables authentication (tests of the protocol alone).
+
+    The environment's state lives at ``database_url`` (any SQLAlchemy URL; ``config`` may override the
+    Flask-SQLAlchemy settings derived from it); the backend and the webhook sender (None without
+    ``webhook_config``) are ``app.extensions["bc"]["backend"]`` and ``["webhooks"]``."""
     app = Flask("mockservers.bc")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config.update(database.app_config(database_url))
+    app.config.update(config or {})
+    engine, session = database.init_app(app)
+    backend = BCBackend(engine, fixture=fixture, session=session)
+    webhooks = None
+    if webhook_config is not None:
+        webhooks = Webhooks(engine, webhook_config, supported_resource=backend.supports_webhooks)
     kwargs = {"max_page_size": max_page_size} if max_page_size else {}
     service = BCService(backend, tenant_aliases=tenant_aliases, webhooks=webhooks, **kwargs)
     sandbox = sandbox or new_sandbox_services()
-    app.extensions["bc"] = {"backend": backend, "service": service, "sandbox": sandbox}
+    app.extensions["bc"] = {"backend": backend, "service": service, "sandbox": sandbox, "webhooks": webhooks}
     install_sandbox(app, sandbox, backend, service="bc", render_error=_error_response)
 
     audiences = {BUSINESS_CENTRAL_RESOURCE}

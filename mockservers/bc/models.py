@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ..odata import errors as engine
 from ..odata.csdl import enum_spellings
+from ..odata.database import SessionProvider
 from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
 from ..odata.schema import Edm, EntityType, Navigation, Property, Schema
 from ..odata.storage import Row, Store, utcnow
@@ -48,10 +49,13 @@ class Company:
 
 
 class BCBackend:
-    def __init__(self, db_url: str = "sqlite://", fixture: str = "default") -> None:
+    def __init__(self, db: Engine | str = "sqlite://", fixture: str = "default", *,
+                 session: SessionProvider | None = None) -> None:
+        """``db``: the engine Flask-SQLAlchemy made for the app (or a URL for a standalone store);
+        ``session``: the app's request-scoped session provider (``odata.database.init_app``)."""
         self.fixture_name = fixture
         self.schema: Schema = build_schema()
-        self.store = Store(self.schema, db_url)
+        self.store = Store(self.schema, db, session=session)
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
         data = load_fixture(fixture)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from ..identity import InvalidToken, TokenValidator, bearer_challenge
+from ..odata import database
 from ..odata.protocol import to_response
 from ..sandbox.hooks import note_batch_operations, sandbox_admit
 from ..sandbox.install import install_sandbox
@@ -28,8 +32,10 @@ def new_sandbox_services() -> SandboxServices:
 
 
 def create_app(
-    backend: DataverseBackend,
     *,
+    database_url: str = "sqlite://",
+    fixture: str = "default",
+    config: Mapping[str, Any] | None = None,
     public_url: str,
     validator: TokenValidator | None,
     identity_url: str,
@@ -37,9 +43,17 @@ def create_app(
     audiences: set[str] | None = None,
     sandbox: SandboxServices | None = None,
 ) -> Flask:
-    """``public_url`` is the org URL (also the token audience); ``validator`` None disables auth."""
+    """``public_url`` is the org URL (also the token audience); ``validator`` None disables auth.
+
+    The org's state lives at ``database_url`` (any SQLAlchemy URL; ``config`` may override the
+    Flask-SQLAlchemy settings derived from it); the backend is reached as
+    ``app.extensions["dataverse"]["backend"]``."""
     app = Flask("mockservers.dataverse")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.config.update(database.app_config(database_url))
+    app.config.update(config or {})
+    engine, session = database.init_app(app)
+    backend = DataverseBackend(engine, fixture=fixture, session=session)
     public_url = public_url.rstrip("/")
     service = DataverseService(backend, public_url + API_PATH, tenant_id=tenant_id)
     sandbox = sandbox or new_sandbox_services()

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ..odata import errors as engine
+from ..odata.database import SessionProvider
 from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
 from ..odata.schema import EntityType, Navigation, Schema
 from ..odata.storage import Row, Store
@@ -65,10 +66,13 @@ def load_customizations(name: str = "default") -> dict:
 
 
 class DataverseBackend:
-    def __init__(self, db_url: str = "sqlite://", fixture: str = "default") -> None:
+    def __init__(self, db: Engine | str = "sqlite://", fixture: str = "default", *,
+                 session: SessionProvider | None = None) -> None:
+        """``db``: the engine Flask-SQLAlchemy made for the app (or a URL for a standalone store);
+        ``session``: the app's request-scoped session provider (``odata.database.init_app``)."""
         self.fixture_name = fixture
         self.schema: Schema = build_schema(load_customizations(fixture))
-        self.store = Store(self.schema, db_url)
+        self.store = Store(self.schema, db, session=session)
         self.option_values = OptionValues(self.schema, self.store)
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)

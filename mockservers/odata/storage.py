@@ -1,9 +1,14 @@
 """SQL storage derived from the entity declarations.
 
-One ``Store`` per service instance: an engine, a table and an (imperatively mapped) ORM class per
-entity type, a global row-version sequence and a tombstone table for change tracking. Writes use
-conditional UPDATEs so optimistic concurrency holds under concurrent requests; SQLite write
-transactions start with ``BEGIN IMMEDIATE`` so a read-then-write changeset cannot deadlock.
+One ``Store`` per service instance: a table and an (imperatively mapped) ORM class per entity type on
+the engine Flask-SQLAlchemy configured for the app (``database.py``), a global row-version counter and
+a tombstone table for change tracking. Writes use conditional UPDATEs so optimistic concurrency holds
+under concurrent requests; write transactions start as the only writer (``database.prepare_engine``)
+so a read-then-write changeset cannot deadlock.
+
+Row versions (ETags, change-tracking tokens) only ever grow: a PostgreSQL sequence, or a counter row
+on SQLite. ``reset()`` empties the tables but keeps the counter and raises the change-tracking floor,
+so nothing handed out before a reset is ever valid again.
 """
 
 from __future__ import annotations
@@ -15,16 +20,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import foreign, registry, relationship, remote
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.elements import BinaryExpression
 
+from . import database
+from .database import WRITE, WRITER_LOCK, SessionProvider
 from .errors import AlreadyExists, KeyViolation, NotFound, VersionMismatch
 from .schema import Edm, EntityType, Schema
 
 Row = dict[str, Any]
+FIRST_VERSION = 1001
 
 
 def utcnow() -> datetime:
@@ -33,9 +43,52 @@ def utcnow() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
-def _column_type(prop_type: Edm, max_length: int | None, nocase: bool) -> sa.types.TypeEngine:
+def _as_citext(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return type(value)(_as_citext(v) for v in value)
+    if (isinstance(value, sa.ColumnElement) and isinstance(value.type, sa.String)
+            and not isinstance(value.type, postgresql.CITEXT)):
+        return sa.cast(value, postgresql.CITEXT)
+    return value
+
+
+class CaseInsensitiveText(postgresql.CITEXT):
+    """PostgreSQL ``citext`` whose comparands are citext too: compared with a ``text`` or ``varchar``
+    value (a bound parameter, a ``$filter`` literal), citext would fall back to text's case-sensitive
+    operators."""
+
+    class comparator_factory(postgresql.CITEXT.Comparator):
+        def operate(self, op: Any, *other: Any, **kwargs: Any) -> Any:
+            return super().operate(op, *(_as_citext(o) for o in other), **kwargs)
+
+        def reverse_operate(self, op: Any, other: Any, **kwargs: Any) -> Any:
+            return super().reverse_operate(op, _as_citext(other), **kwargs)
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return sa.cast(bindvalue, postgresql.CITEXT)
+
+
+@compiles(BinaryExpression, "postgresql")
+def _citext_on_both_sides(element: BinaryExpression, compiler: Any, **kw: Any) -> str:
+    """``'x' eq name`` (the literal first): the comparator above only sees the column on the left."""
+    if isinstance(element.right.type, CaseInsensitiveText) and _as_citext(element.left) is not element.left:
+        element = BinaryExpression(_as_citext(element.left), element.right, element.operator,
+                                   type_=element.type, negate=element.negate, modifiers=element.modifiers)
+    return compiler.visit_binary(element, **kw)
+
+
+def _text_type(max_length: int | None, dialect: str) -> sa.types.TypeEngine:
+    """Case-insensitive text (see ``database``): citext on PostgreSQL, NOCASE elsewhere.
+
+    citext has no length; the declared maximum is enforced on write (``values.to_stored``)."""
+    if dialect == "postgresql":
+        return CaseInsensitiveText()
+    return sa.String(max_length, collation="NOCASE")
+
+
+def _column_type(prop_type: Edm, max_length: int | None, dialect: str) -> sa.types.TypeEngine:
     if prop_type is Edm.String:
-        return sa.String(max_length, collation="NOCASE" if nocase else None)
+        return _text_type(max_length, dialect)
     if prop_type is Edm.Guid:
         return sa.String(36)
     if prop_type is Edm.Int32:
@@ -58,78 +111,76 @@ def _column_type(prop_type: Edm, max_length: int | None, nocase: bool) -> sa.typ
 
 
 class Store:
-    """Tables for one schema in one database."""
+    """Tables for one schema in one database.
 
-    def __init__(self, schema: Schema, url: str = "sqlite://") -> None:
+    ``db`` is the engine (from Flask-SQLAlchemy, see ``database.init_app``) or a URL for a
+    standalone engine; ``session`` supplies the request-scoped session while the app serves a request.
+    """
+
+    def __init__(self, schema: Schema, db: Engine | str = "sqlite://", *,
+                 session: SessionProvider | None = None) -> None:
         self.schema = schema
-        self.url = url
-        self.is_sqlite = url.startswith("sqlite")
-        self.engine = self._make_engine(url)
+        self.engine = db if isinstance(db, Engine) else database.create_engine(db)
+        database.prepare_engine(self.engine)
+        self.url = self.engine.url.render_as_string(hide_password=True)
+        self.dialect = self.engine.dialect.name
+        self.is_sqlite = self.dialect == "sqlite"
+        self.is_postgresql = self.dialect == "postgresql"
+        self._session = session
+        # One shared in-memory connection: serialise access ourselves.
+        self._memory_lock = threading.RLock() if isinstance(self.engine.pool, StaticPool) else None
         self.metadata = sa.MetaData()
         self.registry = registry(metadata=self.metadata)
         self.tables: dict[str, sa.Table] = {}
         self.models: dict[str, type] = {}
         self._build()
+        if self.is_postgresql:
+            with self.engine.begin() as conn:  # trusted extension: the database owner may create it
+                conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS citext")
         self.metadata.create_all(self.engine)
-        self._ensure_sequence()
+        self._ensure_counters()
 
-    # -- engine -------------------------------------------------------------------------------
-    def _make_engine(self, url: str) -> Engine:
-        if not url.startswith("sqlite"):
-            return sa.create_engine(url, pool_pre_ping=True)
-        memory = url in ("sqlite://", "sqlite:///:memory:")
-        kwargs: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
-        if memory:
-            kwargs["poolclass"] = StaticPool
-        engine = sa.create_engine(url, **kwargs)
-        if memory:
-            # One shared connection: serialise access ourselves.
-            self._memory_lock: threading.RLock | None = threading.RLock()
-        else:
-            self._memory_lock = None
-
-        @event.listens_for(engine, "connect")
-        def _on_connect(dbapi_conn, _record):  # pragma: no cover - driver hook
-            dbapi_conn.isolation_level = None  # we emit BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            if not memory:
-                cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA busy_timeout=30000")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.close()
-
-        @event.listens_for(engine, "begin")
-        def _on_begin(conn):  # pragma: no cover - driver hook
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.info.get("write") else "BEGIN")
-
-        return engine
-
+    # -- transactions -------------------------------------------------------------------------
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        lock = getattr(self, "_memory_lock", None)
-        if lock is None:
+        if self._memory_lock is None:
             yield
         else:
-            with lock:
+            with self._memory_lock:
                 yield
 
     @contextmanager
-    def write(self) -> Iterator[Connection]:
-        """A write transaction; commits on success, rolls back on any exception."""
-        with self._locked(), self.engine.connect() as conn:
-            conn.info["write"] = True
+    def _transaction(self, write: bool) -> Iterator[Connection]:
+        session = self._session() if self._session is not None else None
+        with self._locked():
+            if session is None:
+                with self.engine.connect() as conn:
+                    conn.execution_options(**{WRITE: write})
+                    with conn.begin():
+                        yield conn
+                return
+            if session.in_transaction():  # nested in this request's open transaction: join it
+                yield session.connection()
+                return
+            conn = session.connection(execution_options={WRITE: write})
             try:
-                with conn.begin():
-                    yield conn
-            finally:
-                conn.info["write"] = False
+                yield conn
+            except BaseException:
+                session.rollback()
+                raise
+            session.commit()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A write transaction (the only writer while it lasts); commits on success, rolls back on
+        any exception. While the app serves a request it runs in the request's session."""
+        with self._transaction(True) as conn:
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        with self._locked(), self.engine.connect() as conn:
-            conn.info["write"] = False
-            with conn.begin():
-                yield conn
+        with self._transaction(False) as conn:
+            yield conn
 
     # -- schema -> tables ---------------------------------------------------------------------
     def _build(self) -> None:
@@ -138,7 +189,7 @@ class Store:
             for prop in entity.properties:
                 col = sa.Column(
                     prop.name,
-                    _column_type(prop.type, prop.max_length, self.is_sqlite and prop.type is Edm.String),
+                    _column_type(prop.type, prop.max_length, self.dialect),
                     primary_key=prop.name == entity.key,
                     nullable=prop.name != entity.key,
                 )
@@ -161,8 +212,12 @@ class Store:
                 sa.Index(f"ix_{entity.table_name}_{entity.version_property}", table.c[entity.version_property])
             self.tables[entity.name] = table
 
+        # Row versions: a sequence where the database has them, else a counter row. ``floor`` is the
+        # lowest version a change-tracking token may carry: it rises on every reset.
+        self._row_version = sa.Sequence("_row_version", start=FIRST_VERSION, metadata=self.metadata)
         self._sequence = sa.Table(
-            "_sequence", self.metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("value", sa.BigInteger)
+            "_sequence", self.metadata, sa.Column("id", sa.Integer, primary_key=True), sa.Column("value", sa.BigInteger),
+            sa.Column("floor", sa.BigInteger, nullable=False, server_default="0"),
         )
         self.tombstones = sa.Table(
             "_tombstone",
@@ -210,26 +265,45 @@ class Store:
                 )
         return props
 
-    def _ensure_sequence(self) -> None:
+    def _ensure_counters(self) -> None:
+        columns = {c["name"] for c in sa.inspect(self.engine).get_columns("_sequence")}
         with self.write() as conn:
-            if conn.execute(sa.select(self._sequence.c.value).where(self._sequence.c.id == 1)).first() is None:
-                conn.execute(self._sequence.insert().values(id=1, value=1000))
+            if "floor" not in columns:  # a data dir written before resets kept versions growing
+                conn.exec_driver_sql("ALTER TABLE _sequence ADD COLUMN floor BIGINT NOT NULL DEFAULT 0")
+            if conn.execute(sa.select(self._sequence.c.id).where(self._sequence.c.id == 1)).first() is None:
+                conn.execute(self._sequence.insert().values(id=1, value=FIRST_VERSION - 1, floor=0))
 
     def reset(self) -> None:
-        """Drop every row (tables stay)."""
+        """Drop every row (tables stay). Versions go on from where they were, and every change-tracking
+        token handed out so far falls below the new floor."""
         with self.write() as conn:
             for table in reversed(self.metadata.sorted_tables):
-                conn.execute(table.delete())
-            conn.execute(self._sequence.insert().values(id=1, value=1000))
+                if table is not self._sequence:
+                    conn.execute(table.delete())
+            floor = self.next_version(conn)
+            conn.execute(sa.update(self._sequence).where(self._sequence.c.id == 1).values(floor=floor))
 
     # -- primitives ---------------------------------------------------------------------------
     def next_version(self, conn: Connection) -> int:
+        """Draw the next row version (in a write transaction, so versions commit in order)."""
+        if self.is_postgresql:
+            return int(conn.execute(sa.select(self._row_version.next_value())).scalar_one())
         seq = self._sequence
         stmt = sa.update(seq).where(seq.c.id == 1).values(value=seq.c.value + 1).returning(seq.c.value)
         return int(conn.execute(stmt).scalar_one())
 
     def current_version(self, conn: Connection) -> int:
+        """The highest committed row version: every change at or below it is visible to ``conn``."""
+        if self.is_postgresql:
+            # Wait for the writer in flight (if any), and keep the next one out until this read ends.
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock_shared({WRITER_LOCK})")
+            row = conn.exec_driver_sql("SELECT last_value, is_called FROM _row_version").one()
+            return int(row[0]) if row[1] else int(row[0]) - 1
         return int(conn.execute(sa.select(self._sequence.c.value).where(self._sequence.c.id == 1)).scalar_one())
+
+    def tracking_floor(self, conn: Connection) -> int:
+        """The lowest version a change-tracking token may carry (it rises at every ``reset``)."""
+        return int(conn.execute(sa.select(self._sequence.c.floor).where(self._sequence.c.id == 1)).scalar_one())
 
     def table(self, entity: EntityType) -> sa.Table:
         return self.tables[entity.name]

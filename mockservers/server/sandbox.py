@@ -15,11 +15,9 @@ from typing import Any
 
 from ..bc.app import create_app as create_bc_app
 from ..bc.app import new_sandbox_services as bc_sandbox
-from ..bc.models import BCBackend
-from ..bc.webhooks import WebhookConfig, Webhooks
+from ..bc.webhooks import WebhookConfig
 from ..dataverse.app import create_app as create_dataverse_app
 from ..dataverse.app import new_sandbox_services as dataverse_sandbox
-from ..dataverse.models import DataverseBackend
 from ..identity import BUSINESS_CENTRAL_RESOURCE, TokenIssuer, load_default_directory, load_signing_key
 from ..identity import create_app as create_identity_app
 from .tls import TlsFiles, ensure_certificates
@@ -98,41 +96,39 @@ class Sandbox:
         slots["identity"].app = create_identity_app(directory, issuer)
 
         db_url = cfg.db_url or f"sqlite:///{(cfg.data_dir / 'dataverse.db').resolve()}"
-        backend = DataverseBackend(db_url, fixture=cfg.fixture)
-        if cfg.seed:
-            backend.seed(cfg.fixture)
         admin_token = self._admin_token()
         sandbox = dataverse_sandbox()
         sandbox.admin_token = admin_token
         slots["dataverse"].app = create_dataverse_app(
-            backend,
+            database_url=db_url,
+            fixture=cfg.fixture,
             public_url=dataverse_url,
             validator=issuer.validator(directory.tenant_id) if cfg.auth else None,
             identity_url=self.urls["identity"],
             tenant_id=directory.tenant_id,
             sandbox=sandbox,
         )
-        bc_db_url = cfg.bc_db_url or f"sqlite:///{(cfg.data_dir / 'bc.db').resolve()}"
-        bc_backend = BCBackend(bc_db_url, fixture=cfg.fixture)
+        backend = slots["dataverse"].app.extensions["dataverse"]["backend"]
         if cfg.seed:
-            bc_backend.seed(cfg.fixture)
+            backend.seed(cfg.fixture)
+        bc_db_url = cfg.bc_db_url or f"sqlite:///{(cfg.data_dir / 'bc.db').resolve()}"
         verify: bool | str = str(self.tls_files.ca_bundle) if self.tls_files else True
-        self.webhooks = Webhooks(
-            bc_backend.store.engine,
-            WebhookConfig(delay_seconds=cfg.webhook_delay_seconds, verify=verify),
-            supported_resource=bc_backend.supports_webhooks,
-        )
-        self.webhooks.start()
         bc_services = bc_sandbox()
         bc_services.admin_token = admin_token
         slots["bc"].app = create_bc_app(
-            bc_backend,
+            database_url=bc_db_url,
+            fixture=cfg.fixture,
             validator=issuer.validator(directory.tenant_id) if cfg.auth else None,
             tenant_aliases={directory.tenant_id, *directory.domains},
             sandbox=bc_services,
-            webhooks=self.webhooks,
+            webhook_config=WebhookConfig(delay_seconds=cfg.webhook_delay_seconds, verify=verify),
             max_page_size=cfg.bc_max_page_size,
         )
+        bc_backend = slots["bc"].app.extensions["bc"]["backend"]
+        if cfg.seed:
+            bc_backend.seed(cfg.fixture)
+        self.webhooks = slots["bc"].app.extensions["bc"]["webhooks"]
+        self.webhooks.start()
         self.backends = {"dataverse": backend, "bc": bc_backend}
         app = directory.integration_app
         bc_url = self.urls["bc"]
