@@ -147,7 +147,9 @@ class DataverseBackend:
         self.runner.expand(conn, entity, rows, expand)
 
     def changes_since(self, conn: Connection, entity: EntityType, since: int) -> tuple[int, list[Row], list[str]]:
-        """(current version, rows changed after ``since`` in version order, keys deleted after it)."""
+        """(current version, rows changed after ``since`` in version order, keys deleted after it);
+        ExpiredVersionStamp for a token from before the last reset (``check_change_token``)."""
+        self.check_change_token(conn, since)
         table = self.store.table(entity)
         tomb = self.store.tombstones
         assert entity.version_property is not None
@@ -574,6 +576,18 @@ class DataverseBackend:
             return self.store.delete(conn, entity, key, if_version=if_version)
         except engine.ODataError as error:
             raise exc.from_engine(error, entity) from error
+
+    # -- change tracking ----------------------------------------------------------------------
+    def check_change_token(self, conn: Connection, version: int) -> None:
+        """Refuse a change-tracking token the org no longer answers for: one issued before the last
+        reset (its changes are gone) or one this org never issued. Dataverse answers a data version
+        past its retention with ExpiredVersionStamp ("If unprocessed changes are older than the
+        configured value, the system throws an exception",
+        https://learn.microsoft.com/power-apps/developer/data-platform/use-change-tracking-synchronize-data-external-systems);
+        the client has to start over with a full read."""
+        if not self.store.tracking_floor(conn) <= version <= self.store.current_version(conn):
+            raise DataverseError(400, exc.EXPIRED_VERSION_STAMP,
+                                 "Version stamp associated with the client has expired. Please perform a full sync.")
 
     # -- seeding ----------------------------------------------------------------------------
     def system_caller(self, conn: Connection) -> Caller:

@@ -246,6 +246,8 @@ class DataverseService:
         tracking_version = cookie.tracking
         annotations = Annotations(prefs.get("odata.include-annotations"))
         with self.connection(False) as conn:
+            if tracking_version is not None:  # the next page of a tracked read
+                self.backend.check_change_token(conn, tracking_version)
             if "odata.track-changes" in prefs and tracking_version is None:
                 tracking_version = self.backend.current_version(conn)
             page = self.backend.query(conn, entity, opts, page_size=page_size, after=cookie.last, count_cap=COUNT_LIMIT)
