@@ -37,8 +37,11 @@ def main() -> None:
 @click.option("--identity-port", type=PORT, default=5000, show_default=True)
 @click.option("--dataverse-port", type=PORT, default=5001, show_default=True)
 @click.option("--bc-port", type=PORT, default=5002, show_default=True)
-@click.option("--db-url", default=None, help="SQLAlchemy URL for the Dataverse store (default: SQLite in --data-dir).")
-@click.option("--bc-db-url", default=None, help="SQLAlchemy URL for the BC store (default: SQLite in --data-dir).")
+@click.option("--db-url", default=None,
+              help="SQLAlchemy URL for the Dataverse store, e.g. postgresql+psycopg://user:pw@host/db "
+                   "(default: SQLite in --data-dir).")
+@click.option("--bc-db-url", default=None,
+              help="SQLAlchemy URL for the BC store: a database of its own (default: SQLite in --data-dir).")
 @click.option("--bc-max-page-size", type=click.IntRange(1, 20_000), default=20_000, show_default=True,
               help="Server page size of the BC API (BC online: 20,000).")
 @click.option("--access-log/--no-access-log", default=True, show_default=True,
