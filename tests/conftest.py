@@ -10,6 +10,7 @@ PostgreSQL databases of their own.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -144,18 +145,28 @@ def postgres_databases(admin_url: str) -> Iterator[Databases]:
     """Two fresh databases (Dataverse, BC) owned by the URL's role, dropped afterwards."""
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     names = [f"sbx_{uuid.uuid4().hex[:12]}_{service}" for service in ("dataverse", "bc")]
+
+    def run(statement: str) -> None:
+        for attempt in range(5):  # two workers creating from template0 at once may have to wait
+            try:
+                with admin.connect() as conn:
+                    conn.exec_driver_sql(statement)
+                return
+            except sa.exc.OperationalError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
+
     try:
-        with admin.connect() as conn:
-            for name in names:
-                conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' '
-                                     "LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'")
+        for name in names:
+            run(f"CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8' "
+                "LC_COLLATE 'C.UTF-8' LC_CTYPE 'C.UTF-8'")
         url = sa.make_url(admin_url)
         yield Databases("postgresql", *(url.set(database=name).render_as_string(hide_password=False)
                                         for name in names))
     finally:
-        with admin.connect() as conn:
-            for name in names:
-                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        for name in names:
+            run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
 
 

@@ -363,12 +363,10 @@ class Store:
         self._check_alternate_keys(conn, entity, values, None, scope)
         self._stamp(entity, values, conn, creating=True)
         try:
-            conn.execute(table.insert().values(**values))
+            row = conn.execute(table.insert().values(**values).returning(*table.c)).mappings().one()
         except IntegrityError as exc:  # a concurrent writer on a server database
             raise AlreadyExists("A record with matching key values already exists.") from exc
-        row = self.get(conn, entity, values[entity.key])
-        assert row is not None
-        return row
+        return dict(row)
 
     def insert_many(self, conn: Connection, entity: EntityType, rows: list[dict[str, Any]]) -> None:
         """Insert new rows (all with the same columns) in one statement, their versions taken as one block:
@@ -415,14 +413,12 @@ class Store:
         stmt = self._scoped(entity, stmt, scope)
         if if_version is not None and entity.version_property:
             stmt = stmt.where(table.c[entity.version_property] == if_version)
-        result = conn.execute(stmt)
-        if result.rowcount != 1:
+        row = conn.execute(stmt.returning(*table.c)).mappings().first()
+        if row is None:
             if self.get(conn, entity, key, scope) is None:
                 raise NotFound(entity.name, key)
             raise VersionMismatch("The version of the existing record doesn't match the RowVersion property provided.")
-        row = self.get(conn, entity, key, scope)
-        assert row is not None
-        return row
+        return dict(row)
 
     def delete(
         self,
