@@ -91,3 +91,14 @@ def test_orderby_ignores_case(sandbox: Any, dv: requests.Session, bc: requests.S
     customers = bc.get(f"{company}/customers", params={
         "$filter": f"startswith(displayName,'{tag}')", "$orderby": "displayName"}).json()["value"]
     assert names(customers, "displayName", tag) == expected
+
+
+@pytest.mark.parametrize("needle, position", [("TOSO", 3), ("ltd", 8), ("XYZ", -1)])
+def test_bc_indexof_ignores_case(sandbox: Any, bc: requests.Session, bc_rows: str, needle: str, position: int) -> None:
+    tag = bc_rows
+    offset = len(tag) + 1 if position >= 0 else 0
+    resp = bc.get(f"{sandbox.bc_api}/companies({sandbox.companies[0]})/customers", params={
+        "$select": "displayName",
+        "$filter": f"startswith(displayName,'{tag} Contoso') and indexof(displayName,'{needle}') eq {position + offset}"})
+    assert resp.status_code == 200, resp.text
+    assert names(resp.json()["value"], "displayName", tag) == ["Contoso Ltd"]  # -1: not found

@@ -29,8 +29,10 @@ from flask import Flask, current_app, has_app_context
 from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql.functions import GenericFunction
 
 WRITE = "sandbox_write"  # execution option: this connection's transaction will write
 WRITER_LOCK = 0x5A4E_DB0C  # PostgreSQL advisory lock key that serialises writers (per database)
@@ -106,6 +108,7 @@ def _sqlite_connect(dbapi_conn: Any, record: Any) -> None:  # pragma: no cover -
     dbapi_conn.create_collation("NOCASE", _fold_compare)
     dbapi_conn.create_function("like", 2, _like, deterministic=True)
     dbapi_conn.create_function("like", 3, _like, deterministic=True)
+    dbapi_conn.create_function("sandbox_lower", 1, _lower, deterministic=True)
     cur = dbapi_conn.cursor()
     if cur.execute("PRAGMA database_list").fetchone()[2]:  # a file, not an in-memory database
         cur.execute("PRAGMA journal_mode=WAL")
@@ -143,3 +146,27 @@ def _like(pattern: str | None, value: Any, escape: str | None = None) -> bool | 
     if escape is not None and len(escape) != 1:
         raise ValueError("ESCAPE expression must be a single character")
     return _like_pattern(pattern, escape).fullmatch(str(value).lower()) is not None
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+class text_position(GenericFunction[int]):
+    """1-based position of the second text in the first, ignoring case like every comparison here
+    (0 when absent): `indexof` in `$filter`."""
+
+    type = sa.Integer()
+    inherit_cache = True
+
+
+@compiles(text_position)
+def _text_position(element: text_position, compiler: Any, **kw: Any) -> str:
+    text, part = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"strpos(lower({text}), lower({part}))"
+
+
+@compiles(text_position, "sqlite")
+def _text_position_sqlite(element: text_position, compiler: Any, **kw: Any) -> str:
+    text, part = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"instr(sandbox_lower({text}), sandbox_lower({part}))"

@@ -25,6 +25,7 @@ from odata_query import exceptions as oq_exc
 from odata_query.sqlalchemy.orm import AstToSqlAlchemyOrmVisitor
 from sqlalchemy.orm import aliased
 
+from .database import text_position
 from .errors import QuerySyntaxError, UnknownProperty, UnsupportedQuery
 from .filter_binding import Binder, EdmType, FilterDialect, FilterExpression
 from .filter_syntax import Junction, parse_filter
@@ -132,7 +133,7 @@ class FilterVisitor(AstToSqlAlchemyOrmVisitor):
 
     # -- functions the library compiles to something SQLite lacks ---------------------------
     def func_indexof(self, first: ast._Node, second: ast._Node) -> Any:
-        return sa.func.instr(self.visit(first), self.visit(second)) - 1
+        return text_position(self.visit(first), self.visit(second)) - 1
 
     def func_concat(self, *args: ast._Node) -> Any:
         left, right = (self.visit(a) for a in args)
