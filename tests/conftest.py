@@ -147,13 +147,13 @@ def postgres_databases(admin_url: str) -> Iterator[Databases]:
     names = [f"sbx_{uuid.uuid4().hex[:12]}_{service}" for service in ("dataverse", "bc")]
 
     def run(statement: str) -> None:
-        for attempt in range(5):  # two workers creating from template0 at once may have to wait
+        for attempt in range(10):
             try:
                 with admin.connect() as conn:
                     conn.exec_driver_sql(statement)
                 return
-            except sa.exc.OperationalError:
-                if attempt == 4:
+            except sa.exc.DBAPIError:  # busy template, or an autovacuum worker the role may not end
+                if attempt == 9:
                     raise
                 time.sleep(0.5)
 

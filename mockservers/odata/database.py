@@ -10,9 +10,8 @@ session). ``prepare_engine`` adds what the store's guarantees rest on:
   transactions take a transaction-scoped advisory lock first. A read-then-write changeset can then
   never deadlock, and row versions are committed in the order they were drawn, which is what makes a
   change-tracking watermark safe (every version at or below it is committed).
-- **Case-insensitive text, as the real services compare it** (both filter on a case-insensitive SQL
-  collation, https://learn.microsoft.com/power-apps/developer/data-platform/webapi/query/filter-rows): on
-  PostgreSQL text columns are ``citext`` (``=``, ordering, unique keys and ``LIKE`` all fold case with
+- **Case-insensitive text, as the real services compare it** (both keep their rows in SQL databases
+  with case-insensitive, accent-sensitive collations): on PostgreSQL text columns are ``citext`` (``=``, ordering, unique keys and ``LIKE`` all fold case with
   the database's Unicode rules); on SQLite the ``NOCASE`` collation and ``LIKE`` are redefined on each
   connection to fold all Unicode letters the same way (SQLite's built-in ones fold ASCII only).
 """

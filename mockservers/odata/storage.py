@@ -286,11 +286,19 @@ class Store:
     # -- primitives ---------------------------------------------------------------------------
     def next_version(self, conn: Connection) -> int:
         """Draw the next row version (in a write transaction, so versions commit in order)."""
+        return self.next_versions(conn, 1)
+
+    def next_versions(self, conn: Connection, count: int) -> int:
+        """Draw ``count`` consecutive row versions; returns the first. Consecutive because the write
+        transaction is the only writer (``database.prepare_engine``)."""
         if self.is_postgresql:
-            return int(conn.execute(sa.select(self._row_version.next_value())).scalar_one())
+            first = int(conn.execute(sa.select(self._row_version.next_value())).scalar_one())
+            if count > 1:
+                conn.execute(sa.select(sa.func.setval("_row_version", first + count - 1)))
+            return first
         seq = self._sequence
-        stmt = sa.update(seq).where(seq.c.id == 1).values(value=seq.c.value + 1).returning(seq.c.value)
-        return int(conn.execute(stmt).scalar_one())
+        stmt = sa.update(seq).where(seq.c.id == 1).values(value=seq.c.value + count).returning(seq.c.value)
+        return int(conn.execute(stmt).scalar_one()) - count + 1
 
     def current_version(self, conn: Connection) -> int:
         """The highest committed row version: every change at or below it is visible to ``conn``."""
@@ -373,9 +381,7 @@ class Store:
         for a service's own rows written at start, where per-row checks would only cost time."""
         if not rows:
             return
-        seq = self._sequence
-        bump = sa.update(seq).where(seq.c.id == 1).values(value=seq.c.value + len(rows)).returning(seq.c.value)
-        first = int(conn.execute(bump).scalar_one()) - len(rows) + 1
+        first = self.next_versions(conn, len(rows))
         now = utcnow()
         stamped = []
         for offset, values in enumerate(rows):
