@@ -1,16 +1,19 @@
-"""Malformed input never breaks the BC mock (DESIGN.md "Rules that keep it safe", issue 3 acceptance).
+"""Malformed input never breaks the BC mock: the real status and envelope, never a 500 (issue 3 acceptance).
 
 Hypothesis sends well over 500 generated inputs over real HTTPS — `$filter`, `$select`, `$orderby`,
 `$expand`, `$top`/`$skip`, entity keys, company ids, JSON bodies for POST/PATCH, If-Match values,
 Prefer values and JSON `$batch` bodies — and every answer must be below 500; every error must be
 BC's JSON envelope `{"error": {"code", "message"}}` whose message ends in
-`  CorrelationId:  <guid>.` matching the `request-id` header (never HTML, never a traceback).
+`  CorrelationId:  <guid>.` matching the `request-id` header (never HTML, never a traceback). The
+hostile-input classes of issue 6 follow: body nesting depth, lone surrogates, encodings, `$batch`
+item shapes, token sizes and verbs.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -19,6 +22,8 @@ import pytest
 import requests
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+
+from tests.hostile import bc_envelope, raw_request
 
 if TYPE_CHECKING:
     from tests.conftest import RunningSandbox
@@ -293,3 +298,124 @@ def test_raw_paths_never_break_the_service(client, path: list[str]) -> None:
 def test_the_fuzz_budget_is_at_least_500() -> None:
     budgets = [140, 80, 70, 70, 60, 80, 60, 60, 40]
     assert sum(budgets) >= 500
+
+
+# -- hostile-input classes (issue 6): nesting, surrogates, encodings, batch item shapes, token sizes,
+# -- verbs. Failed writes are shown to leave no row. ---------------------------------------------------
+def nested(depth: int, opener: str) -> str:
+    return opener * depth + "1" + {"[": "]", '{"a":': "}"}[opener] * depth
+
+
+surrogate_text = st.lists(st.one_of(st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+                                    st.characters(blacklist_categories=("Cs",))), min_size=1, max_size=8).map("".join)
+
+
+@fuzz_settings(50)
+@given(depth=st.one_of(st.integers(1, 80), st.integers(80, 3000)), opener=st.sampled_from(["[", '{"a":']),
+       where=st.sampled_from(["post", "patch", "batch", "batch-item"]))
+def test_body_nesting_depth(client, probe: str, depth: int, opener: str, where: str) -> None:
+    session, root, company = client
+    inner = nested(depth, opener)
+    if where == "post":
+        resp = session.post(f"{company}/customers", data=inner.encode(), headers={"Content-Type": "application/json"})
+    elif where == "patch":
+        resp = session.patch(probe, data=('{"displayName":' + inner + "}").encode(),
+                             headers={"Content-Type": "application/json", "If-Match": "*"})
+    elif where == "batch":
+        resp = session.post(f"{root}/$batch", data=('{"requests":' + inner + "}").encode(),
+                            headers={"Content-Type": "application/json"})
+    else:
+        item = '{"id":"1","method":"POST","url":"' + company.split("/api/v2.0/", 1)[1] + '/customers","body":' + inner + "}"
+        resp = session.post(f"{root}/$batch", data=('{"requests":[' + item + "]}").encode(),
+                            headers={"Content-Type": "application/json"})
+    check_batch(resp) if where.startswith("batch") else check(resp)
+    total = depth + {"post": 0, "patch": 1, "batch": 1, "batch-item": 3}[where]
+    if total > 64:
+        assert resp.status_code == 400 and resp.json()["error"]["message"].startswith("Invalid Request Body"), total
+
+
+@fuzz_settings(50)
+@given(value=surrogate_text, raw=st.booleans(), in_key=st.booleans(), in_batch=st.booleans())
+def test_surrogates_in_bodies(client, value: str, raw: bool, in_key: bool, in_batch: bool) -> None:
+    session, root, company = client
+    mark = f"SUR-{uuid.uuid4().hex[:10]}"
+    record = {value: mark} if in_key else {"displayName": mark + value}
+    body: Any = record
+    url = f"{company}/customers"
+    if in_batch:
+        body = {"requests": [{"id": "s", "method": "POST", "url": company.split("/api/v2.0/", 1)[1] + "/customers",
+                              "body": record}]}
+        url = f"{root}/$batch"
+    payload = json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass") if raw else json.dumps(body).encode()
+    resp = session.post(url, data=payload, headers={"Content-Type": "application/json"})
+    check_batch(resp)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        statuses = [i["status"] for i in resp.json()["responses"]] if resp.status_code == 200 and in_batch else []
+        assert resp.status_code == 400 or statuses == [400], resp.text[:300]
+        found = session.get(f"{company}/customers", params={"$filter": f"startswith(displayName,'{mark}')"})
+        assert found.json()["value"] == [], "a refused body writes nothing"
+
+
+@fuzz_settings(30)
+@given(name=text, encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-32", "latin-1"]))
+def test_body_encodings(client, name: str, encoding: str) -> None:
+    session, _, company = client
+    try:
+        payload = json.dumps({"displayName": f"Enc {name}"[:100]}, ensure_ascii=False).encode(encoding)
+    except UnicodeEncodeError:
+        payload = json.dumps({"displayName": "Enc"}).encode(encoding)
+    check(session.post(f"{company}/customers", data=payload, headers={"Content-Type": "application/json"}))
+
+
+header_values = st.one_of(header_text, st.integers(), st.none(), st.booleans(), st.floats(allow_nan=False),
+                          st.lists(st.integers(), max_size=2), st.dictionaries(text, st.integers(), max_size=2),
+                          st.sampled_from(["a\r\nInjected: 1", "\n", "W/\"x\"\r\n"]))
+item_shapes = st.fixed_dictionaries(
+    {"method": st.one_of(methods, st.integers(), st.none()), "url": st.one_of(inner_urls, st.integers(), st.none(),
+                                                                            st.just("https://[::1/x"))},
+    optional={"id": st.one_of(text, st.integers(), st.none(), st.lists(st.integers(), max_size=2)),
+              "headers": st.one_of(st.dictionaries(st.one_of(text, st.sampled_from(["If-Match", "Company"])),
+                                                   header_values, max_size=3),
+                                   st.lists(header_text, max_size=2), header_text, st.integers(), st.none()),
+              "body": st.one_of(bodies, surrogate_text.map(lambda v: {"displayName": v}),
+                                st.integers(1, 200).map(lambda d: json.loads(nested(d, "["))))})
+
+
+@fuzz_settings(60)
+@given(items=st.lists(item_shapes, max_size=5), isolation=st.sampled_from([None, "snapshot"]))
+def test_batch_item_shapes(client, items: list[Any], isolation: str | None) -> None:
+    session, root, _ = client
+    headers = {"Content-Type": "application/json", **({"Isolation": isolation} if isolation else {})}
+    payload = json.dumps({"requests": items}).encode()
+    check_batch(session.post(f"{root}/$batch", data=payload, headers=headers))
+
+
+big_numbers = st.one_of(st.integers(-(10**40), 10**40), st.integers(2**62, 2**66)).map(str)
+
+
+@fuzz_settings(40)
+@given(token=st.one_of(big_numbers, text, st.uuids().map(str), st.text(alphabet="0123456789abcdef-", max_size=200)),
+       etag=st.one_of(big_numbers.map(lambda n: f'W/"{n}"'), big_numbers.map(
+           lambda n: 'W/"' + __import__("base64").b64encode(f"'{n};{n}1;00;'".encode()).decode() + '"')))
+def test_token_sizes(client, probe: str, token: str, etag: str) -> None:
+    session, _, company = client
+    check(session.get(f"{company}/customers", params={"$skiptoken": token}))
+    check(session.patch(probe, json={"city": "Token"}, headers={"If-Match": etag}))
+
+
+@fuzz_settings(40)
+@given(method=st.one_of(st.sampled_from(["get", "Get", "post", "patch", "delete", "MERGE", "PROPFIND", "TRACE",
+                                         "LINK", "X-CUSTOM", "OPTIONS", "HEAD", "PUT"]),
+                        st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", min_size=1,
+                                max_size=12)),
+       target=st.sampled_from(["customers", "$batch", "", "customers/$count", "subscriptions"]))
+def test_verbs(sandbox, client, method: str, target: str) -> None:
+    session, root, company = client
+    base = sandbox.info["bc"]["url"]
+    path = (company if target in ("customers", "customers/$count") else root)[len(base):]
+    resp = raw_request(base, method, f"{path}/{target}".rstrip("/"), ca_bundle=sandbox.ca_bundle,
+                       headers={"Authorization": session.headers["Authorization"]},
+                       body=b"{}" if method.upper() in ("POST", "PATCH", "PUT") else None)
+    if method.upper() != "HEAD":
+        bc_envelope(resp.status, resp.content_type, resp.body, resp.headers.get("request-id"))
+    assert resp.status < 500

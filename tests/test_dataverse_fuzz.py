@@ -1,20 +1,26 @@
-"""Malformed input never breaks the Dataverse mock (DESIGN.md "Rules that keep it safe").
+"""Malformed input never breaks the Dataverse mock: the real status and envelope, never a 500.
 
 Hypothesis sends well over 500 generated inputs over real HTTPS — `$filter`, `$select`, `$orderby`,
 `$expand`, `$top`, keys in the URL, JSON bodies and raw bytes for POST/PATCH, `Prefer` values —
 and every answer must be a non-5xx; every error must be JSON in the Dataverse envelope
-`{"error": {"code": str, "message": str}}` (never an HTML page or a traceback).
+`{"error": {"code": str, "message": str}}` (never an HTML page or a traceback). The hostile-input
+classes of issue 6 follow: body nesting depth, lone surrogates, encodings, bulk-action shapes,
+`$batch` item shapes, token sizes and verbs, plus the property that a write which fails validation
+leaves no row behind.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from urllib.parse import quote
 
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from tests.hostile import batch_parts, dataverse_envelope, raw_request
 
 ADATUM = "a0000000-0000-4000-8000-000000000001"
 
@@ -231,3 +237,221 @@ def test_random_bytes(client, raw: bytes, method: str, content_type: str) -> Non
     check(session.request(method, f"{api}/{target}", data=raw, headers={"Content-Type": content_type}))
     if content_type.startswith("multipart"):
         check(session.post(f"{api}/$batch", data=raw, headers={"Content-Type": content_type}))
+
+
+# -- hostile-input classes (issue 6): nesting, surrogates, encodings, bulk shapes, batch items, tokens,
+# -- verbs. Each answer goes through the same invariant; failed writes are shown to leave no row. ----
+WRITE_TARGETS = ["accounts", f"accounts({ADATUM})", "accounts/Microsoft.Dynamics.CRM.CreateMultiple",
+                 "accounts/Microsoft.Dynamics.CRM.UpsertMultiple", "accounts/Microsoft.Dynamics.CRM.UpdateMultiple",
+                 f"accounts({ADATUM})/name", "contacts"]
+
+
+def write(session: requests.Session, api: str, target: str, payload: bytes, **headers: str) -> requests.Response:
+    method = "PATCH" if target.endswith(")") else "PUT" if target.endswith("/name") else "POST"
+    return session.request(method, f"{api}/{target}", data=payload,
+                           headers={"Content-Type": "application/json", **headers})
+
+
+def nested(depth: int, opener: str) -> str:
+    closer = {"[": "]", '{"a":': "}"}[opener]
+    return opener * depth + "1" + closer * depth
+
+
+@fuzz_settings(60)
+@given(depth=st.one_of(st.integers(1, 80), st.integers(80, 3000)), opener=st.sampled_from(["[", '{"a":']),
+       target=st.sampled_from(WRITE_TARGETS), where=st.sampled_from(["body", "value", "target"]))
+def test_body_nesting_depth(client, depth: int, opener: str, target: str, where: str) -> None:
+    session, api = client
+    inner = nested(depth, opener)
+    payload = {"body": inner, "value": '{"name":"Nested","description":' + inner + "}",
+               "target": '{"Targets":[{"@odata.type":"Microsoft.Dynamics.CRM.account","name":"N","x":' + inner + "}]}",
+               }[where]
+    resp = write(session, api, target, payload.encode())
+    check(resp)
+    if depth + (where != "body") + 2 * (where == "target") > 64:
+        assert resp.status_code == 400 and "deeper than the maximum" in resp.json()["error"]["message"]
+
+
+surrogates = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+surrogate_text = st.lists(st.one_of(surrogates, st.characters(blacklist_categories=("Cs",))), min_size=1,
+                          max_size=8).map("".join)
+
+
+@fuzz_settings(60)
+@given(value=surrogate_text, in_key=st.booleans(), target=st.sampled_from(WRITE_TARGETS),
+       raw=st.booleans())
+def test_surrogates_in_bodies(client, value: str, in_key: bool, target: str, raw: bool) -> None:
+    session, api = client
+    body = {value: "x"} if in_key else {"name": value}
+    if "Multiple" in target:
+        body = {"Targets": [{"@odata.type": "Microsoft.Dynamics.CRM.account", **body}]}
+    # Raw: the surrogate's UTF-8-like bytes (ED A0 80) in the body; else a \\uXXXX escape.
+    payload = (json.dumps(body, ensure_ascii=False).encode("utf-8", "surrogatepass") if raw
+               else json.dumps(body).encode())
+    resp = write(session, api, target, payload)
+    check(resp)
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        assert resp.status_code == 400
+
+
+@fuzz_settings(40)
+@given(name=text, encoding=st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "utf-16-le", "utf-16-be", "utf-32",
+                                            "latin-1", "cp1252"]),
+       target=st.sampled_from(["accounts", f"accounts({ADATUM})"]))
+def test_body_encodings(client, name: str, encoding: str, target: str) -> None:
+    session, api = client
+    try:
+        payload = json.dumps({"name": f"Enc {name}"}, ensure_ascii=False).encode(encoding)
+    except UnicodeEncodeError:
+        payload = json.dumps({"name": "Enc"}).encode(encoding)
+    check(write(session, api, target, payload))
+
+
+odata_ids = st.one_of(st.none(), st.integers(), st.floats(allow_nan=False), st.booleans(), text,
+                      st.dictionaries(text, st.integers(), max_size=2), st.lists(st.integers(), max_size=2),
+                      st.sampled_from([f"accounts({ADATUM})", f"/accounts({ADATUM})", "accounts(accountnumber='X')",
+                                       "contacts(00000000-0000-0000-0000-000000000001)", "accounts(", "accounts()"]))
+bulk_targets = st.fixed_dictionaries(
+    {},
+    optional={"@odata.type": st.one_of(odata_ids, st.just("Microsoft.Dynamics.CRM.account"),
+                                       st.just("#Microsoft.Dynamics.CRM.account")),
+              "@odata.id": odata_ids, "accountid": st.one_of(odata_ids, st.uuids().map(str)), "name": json_values,
+              "accountnumber": json_values, "creditlimit": json_values})
+
+
+@fuzz_settings(60)
+@given(targets=st.one_of(st.lists(bulk_targets, max_size=4), json_values),
+       action=st.sampled_from(["CreateMultiple", "UpdateMultiple", "UpsertMultiple"]),
+       wrapper=st.sampled_from(["Targets", "targets", None]))
+def test_bulk_action_shapes(client, targets, action: str, wrapper: str | None) -> None:
+    session, api = client
+    body = {wrapper: targets} if wrapper else targets
+    check(write(session, api, f"accounts/Microsoft.Dynamics.CRM.{action}", json.dumps(body).encode()))
+
+
+inner_methods = st.sampled_from(["GET", "POST", "PATCH", "PUT", "DELETE", "get", "MERGE", "HEAD", "X"])
+inner_paths = st.one_of(
+    st.sampled_from(["accounts", f"accounts({ADATUM})", "accounts?$top=1", "$batch", "$metadata", "WhoAmI", "nosuch",
+                     "accounts/Microsoft.Dynamics.CRM.CreateMultiple", "accounts(", "$1", "$9", "https://[::1/x",
+                     "http://elsewhere.example/api/data/v9.2/accounts"]),
+    st.integers(32_000, 70_000).map(lambda n: "accounts?$filter=name%20eq%20'" + "x" * n + "'"),
+)
+inner_bodies = st.one_of(st.none(), json_values.map(json.dumps), st.integers(1, 2000).map(lambda d: nested(d, "[")),
+                         surrogate_text.map(lambda v: json.dumps({"name": v})))
+
+
+@st.composite
+def batch_documents(draw) -> tuple[bytes, str]:
+    parts = []
+    for _ in range(draw(st.integers(1, 4))):
+        requests_ = []
+        for _ in range(draw(st.integers(1, 3))):
+            method, path, body = draw(inner_methods), draw(inner_paths), draw(inner_bodies)
+            head = "Content-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
+            extra = draw(st.sampled_from(["", "Content-ID: 1\r\n", "Content-ID: 1\r\nContent-ID: 2\r\n"]))
+            inner = f"{method} /api/data/v9.2/{path} HTTP/1.1\r\n"
+            if body is not None:
+                inner += "Content-Type: application/json\r\n"
+            requests_.append(f"{head}{extra}\r\n{inner}\r\n{body or ''}\r\n")
+        if draw(st.booleans()) and len(requests_) > 1:
+            inner = "".join(f"--cs\r\n{p}" for p in requests_) + "--cs--\r\n"
+            parts.append(f"Content-Type: multipart/mixed; boundary=cs\r\n\r\n{inner}")
+        else:
+            parts.extend(requests_)
+    text_ = "".join(f"--b\r\n{p}" for p in parts) + "--b--\r\n"
+    return text_.encode("utf-8", "surrogatepass"), "multipart/mixed; boundary=b"
+
+
+def check_batch(resp: requests.Response) -> None:
+    """A batch answers in multipart (its status the failed part's without continue-on-error) or, when
+    the batch itself is refused, in the envelope; either way no part is a 5xx or outside the envelope."""
+    assert resp.status_code < 500, resp.text[:300]
+    if not resp.headers.get("Content-Type", "").startswith("multipart/mixed"):
+        check(resp)
+    else:
+        for status, content_type, body in batch_parts(resp):
+            assert status < 500, (status, body[:300])
+            if status >= 400:
+                dataverse_envelope(status, content_type, body)
+
+
+@fuzz_settings(60)
+@given(document=batch_documents(), continue_on_error=st.booleans())
+def test_batch_item_shapes(client, document: tuple[bytes, str], continue_on_error: bool) -> None:
+    session, api = client
+    body, content_type = document
+    headers = {"Content-Type": content_type}
+    if continue_on_error:
+        headers["Prefer"] = "odata.continue-on-error"
+    check_batch(session.post(f"{api}/$batch", data=body, headers=headers))
+
+
+big_ints = st.one_of(st.integers(-(10**40), 10**40), st.integers(2**62, 2**66))
+
+
+@fuzz_settings(50)
+@given(version=big_ints, tail=st.one_of(text, st.just("!01/01/2026 00:00:00")),
+       page=big_ints, sort_value=st.one_of(big_ints.map(str), text, st.sampled_from(["NaN", "Infinity", "1e999"])),
+       tracking=st.one_of(st.none(), big_ints.map(str), text))
+def test_token_sizes(client, version: int, tail: str, page: int, sort_value: str, tracking: str | None) -> None:
+    session, api = client
+    check(session.get(f"{api}/accounts", params={"$deltatoken": f"{version}{tail}"}))
+    inner = f'<cookie page="1"><numberofemployees last="{sort_value}" /><accountid last="{{{ADATUM}}}" />'
+    if tracking is not None:
+        inner += f'<tracking version="{tracking}" />'
+    inner += "</cookie>"
+    cookie = f'<cookie pagenumber="{page}" pagingcookie="{quote(quote(inner, safe=""), safe="")}" istracking="False" />'
+    check(session.get(f"{api}/accounts", params={"$skiptoken": cookie, "$orderby": "numberofemployees",
+                                                  "$select": "name"}))
+
+
+@fuzz_settings(40)
+@given(method=st.one_of(st.sampled_from(["get", "Get", "post", "patch", "delete", "MERGE", "PROPFIND", "TRACE",
+                                         "LINK", "X-CUSTOM", "OPTIONS", "HEAD", "PATCH", "PUT"]),
+                        st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz", min_size=1,
+                                max_size=12)),
+       target=st.sampled_from(["accounts", f"accounts({ADATUM})", "$batch", "", "WhoAmI", "accounts/$count"]))
+def test_verbs(sandbox, client, method: str, target: str) -> None:
+    session, api = client
+    resp = raw_request(sandbox.info["dataverse"]["url"], method, f"/api/data/v9.2/{target}",
+                       ca_bundle=sandbox.ca_bundle, headers={"Authorization": session.headers["Authorization"]},
+                       body=b"{}" if method.upper() in ("POST", "PATCH", "PUT") else None)
+    if method.upper() != "HEAD":
+        dataverse_envelope(resp.status, resp.content_type, resp.body)
+    assert resp.status < 500
+
+
+failing_creates = st.one_of(
+    st.integers(65, 1500).map(lambda d: ("depth", "{mark}", nested(d, "["), {})),
+    surrogate_text.filter(lambda v: any(0xD800 <= ord(c) <= 0xDFFF for c in v)).map(
+        lambda v: ("surrogate", "{mark}" + v, None, {})),
+    st.sampled_from(["nosuch", "primarycontactid($select=nosuch)", "contact_customer_accounts($expand=nosuch)",
+                     "primarycontactid,nosuch"]).map(lambda e: ("expand", "{mark}", None, {"$expand": e})),
+    st.sampled_from(["nosuch", "name,nosuch"]).map(lambda s: ("select", "{mark}", None, {"$select": s})),
+    json_values.filter(lambda v: not isinstance(v, str) and v is not None).map(
+        lambda v: ("type", "{mark}", None, {"creditlimit": v})),
+)
+
+
+@fuzz_settings(50)
+@given(case=failing_creates, representation=st.booleans(), upsert=st.booleans())
+def test_a_write_that_fails_validation_leaves_no_row(client, case, representation: bool, upsert: bool) -> None:
+    """Whatever makes a create fail, nothing of it is stored (the committed-then-500 class of bug)."""
+    session, api = client
+    kind, name, extra_value, options = case
+    mark = f"NOROW-{uuid.uuid4().hex[:12]}"
+    body = {"name": name.replace("{mark}", mark)}
+    params = {k: v for k, v in options.items() if k.startswith("$")}
+    if "creditlimit" in options:
+        body["creditlimit"] = options["creditlimit"]
+    payload = json.dumps(body).encode() if extra_value is None else (
+        '{"name":"' + mark + '","description":' + extra_value + "}").encode()
+    target = f"accounts({uuid.uuid4()})" if upsert else "accounts"
+    headers = {"Prefer": "return=representation"} if representation else {}
+    resp = session.request("PATCH" if upsert else "POST", f"{api}/{target}", params=params, data=payload,
+                           headers={"Content-Type": "application/json", **headers})
+
+    check(resp)
+    assert resp.status_code == 400, (kind, resp.status_code, resp.text[:300])
+    found = session.get(f"{api}/accounts", params={"$filter": f"startswith(name,'{mark}')", "$select": "name"})
+    assert found.status_code == 200 and found.json()["value"] == [], (kind, found.text[:300])

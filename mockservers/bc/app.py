@@ -14,7 +14,7 @@ from ..odata.protocol import to_response
 from ..sandbox.hooks import note_batch_operations, sandbox_admit
 from ..sandbox.install import install_sandbox
 from ..sandbox.limits import BC_LIMITS, BC_MESSAGES, ServiceProtection
-from ..sandbox.services import SandboxServices
+from ..sandbox.services import SandboxServices, UrlLimit
 from .exceptions import BCError
 from .models import BCBackend
 from .responses import BCService, Request
@@ -28,7 +28,8 @@ def _error_response(status: int, code: str, message: str, headers: dict[str, str
 
 
 def new_sandbox_services() -> SandboxServices:
-    return SandboxServices(limits=ServiceProtection(BC_LIMITS, messages=BC_MESSAGES))
+    # BC documents no URL limit of its own; it gets the Dataverse one, refused in its own envelope.
+    return SandboxServices(limits=ServiceProtection(BC_LIMITS, messages=BC_MESSAGES), url_limit=UrlLimit(code="BadRequest"))
 
 
 def create_app(

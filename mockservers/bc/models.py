@@ -24,7 +24,7 @@ from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
 from ..odata.schema import Edm, EntityType, Navigation, Property, Schema
 from ..odata.storage import Row, Store, utcnow
 from ..odata.transactions import Transactions
-from ..odata.values import parse_guid, to_stored
+from ..odata.values import parse_guid, shown_text, to_stored
 from . import exceptions as exc
 from .exceptions import BCError
 from .tables import build_schema, entity_info
@@ -148,12 +148,12 @@ class BCBackend:
     def _convert(self, entity: EntityType, prop: Property, value: Any) -> Any:
         if prop.kind == "Enum" and prop.options is not None:
             if not isinstance(value, str):
-                raise BCError(400, "BadRequest", f"Cannot convert the literal '{value}' to the expected type "
+                raise BCError(400, "BadRequest", f"Cannot convert the literal '{shown_text(value)}' to the expected type "
                                                  f"'{self.schema.namespace}.{prop.options.name}'.")
             escaped = enum_spellings(prop.options).get(value.lower())
             if escaped is None:
                 options = ",".join(o.label for o in prop.options.options)
-                raise BCError(400, "Unknown", f"'{value}' is not an option. The existing options are: {options}")
+                raise BCError(400, "Unknown", f"'{shown_text(value)}' is not an option. The existing options are: {options}")
             return escaped
         if prop.type is Edm.Guid and (value in (None, "") or value == ZERO_GUID):
             return None
@@ -165,12 +165,12 @@ class BCBackend:
             if error.reason == "length" and isinstance(value, str):
                 raise BCError(400, "Application_StringExceededLength",
                               f"The length of the string is {len(value)}, but it must be less than or equal to "
-                              f"{prop.max_length} characters. Value: {value}") from error
+                              f"{prop.max_length} characters. Value: {shown_text(value)}") from error
             if prop.type is Edm.Guid:
                 raise BCError(400, "Application_InvalidGUID",
                               f"Invalid format of GUID string. Correct format of GUID string is: "
                               f"CDEF7890-ABCD-0123-1234-567890ABCDEF where 0-9, A-F symbolizes hexadecimal digits. "
-                              f"Value: {value}") from error
+                              f"Value: {shown_text(value)}") from error
             raise BCError(400, "BadRequest", error.message) from error
         if prop.kind == "Code" and isinstance(converted, str):
             converted = converted.upper()

@@ -16,6 +16,7 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from ..odata import errors as engine
 from ..odata.csdl import render_csdl
+from ..odata.jsonbody import InvalidJson, parse_json
 from ..odata.protocol import Result, parse_max_page_size, parse_prefer
 from ..odata.query import QueryOptions, parse_options
 from ..odata.schema import EntityType, Schema
@@ -360,10 +361,10 @@ class BCService:
         context = f"{root_url}/$metadata#companies({company.id})/{entity.set_name}({key})/{nav.name}/$entity"
         return self._json(200, {"@odata.context": context, **record})
 
-    def _body(self, req: Request) -> Any:
+    def _body(self, req: Request, *, allow_surrogates: bool = False) -> Any:
         try:
-            return json.loads(req.body or b"")
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            return parse_json(req.body, allow_surrogates=allow_surrogates)
+        except InvalidJson:
             raise exc.bad_request("Invalid Request Body") from None
 
     def _changed(self, entity: EntityType, company: Company, row: Row, change: str, prefix: str) -> None:
@@ -471,7 +472,8 @@ class BCService:
 
     # -- $batch ------------------------------------------------------------------------------
     def batch(self, req: Request, route: Route) -> Result:
-        body = self._body(req)
+        # Inner bodies are read again one by one, so one bad body fails its own request only.
+        body = self._body(req, allow_surrogates=True)
         requests_ = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(requests_, list):
             raise exc.bad_request("Invalid Request Body: a JSON batch needs a 'requests' array.")
@@ -506,15 +508,20 @@ class BCService:
     def _batch_item(self, req: Request, route: Route, item: Any, company_arg: str | None) -> dict[str, Any]:
         if not isinstance(item, dict) or not isinstance(item.get("method"), str) or not isinstance(
                 item.get("url"), str):
-            error = exc.bad_request("Each batch request needs 'method' and 'url'.").result(str(uuid.uuid4()))
-            return {"id": item.get("id") if isinstance(item, dict) else None, "status": 400, "headers": {},
-                    "body": json.loads(error.body)}
+            return _batch_item_error(item, "Each batch request needs 'method' and 'url'.")
+        if not isinstance(item.get("headers", {}), dict | None):
+            return _batch_item_error(item, "The 'headers' of a batch request must be a JSON object.")
         headers = Headers()
         for name, value in (item.get("headers") or {}).items():
+            if not isinstance(value, str | int | float | bool) or "\n" in str(value) or "\r" in str(value):
+                return _batch_item_error(item, f"The batch request header '{name}' must be a single-line string.")
             headers[str(name)] = str(value)
         url = item["url"]
         if "://" in url:
-            split = urlsplit(url)
+            try:
+                split = urlsplit(url)
+            except ValueError:
+                return _batch_item_error(item, f"The batch request URL '{url[:200]}' is not a valid URL.")
             path, query = split.path, split.query
         else:
             raw_path, _, query = url.partition("?")
@@ -558,6 +565,12 @@ def check_query_options(args: MultiDict) -> None:
             raise exc.bad_request(f"The query parameter '{name}' is not supported by the sandbox: it does not "
                                   f"emulate {what}.")
         raise exc.bad_request(f"The query parameter '{name}' is not supported.")
+
+
+def _batch_item_error(item: Any, message: str) -> dict[str, Any]:
+    error = exc.bad_request(message).result(str(uuid.uuid4()))
+    return {"id": item.get("id") if isinstance(item, dict) else None, "status": 400, "headers": {},
+            "body": json.loads(error.body)}
 
 
 class EnvironmentMissing(BCError):

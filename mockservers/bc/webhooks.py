@@ -165,7 +165,10 @@ def parse_resource(resource: Any, api_prefix: str) -> ResourceTarget:
         raise _bad_request("The resource must be a URL of a company-scoped entity set, "
                            "for example '/api/v2.0/companies(<id>)/customers'.")
     text = resource.strip()
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        raise _bad_request(f"The resource '{resource}' is not valid for a subscription.") from None
     if parts.scheme or parts.netloc:
         if parts.query or parts.fragment:
             raise _bad_request(f"The resource '{resource}' is not valid for a subscription.")
@@ -193,8 +196,12 @@ def parse_resource(resource: Any, api_prefix: str) -> ResourceTarget:
 def validate_notification_url(url: Any) -> str:
     if not isinstance(url, str) or not url.strip():
         raise _bad_request("The notificationUrl must be an absolute http or https URL.")
-    parts = urlsplit(url.strip())
-    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url.strip())
+        valid = parts.scheme.lower() in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # "http://[::1" (an unclosed IPv6 literal), a port that is no number
+        valid = False
+    if not valid:
         raise _bad_request(f"The notificationUrl '{url}' must be an absolute http or https URL.")
     return url.strip()
 

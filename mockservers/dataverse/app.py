@@ -21,6 +21,7 @@ from .responses import API_PATH, DataverseService, Request
 
 MAX_BODY_BYTES = 128 * 1024 * 1024
 UNAUTHORIZED_CODE = "0x80072560"
+REQUEST_TOO_LARGE = "0x8004418a"  # RequestLengthTooLarge in the Dataverse error list
 
 
 def _error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -109,7 +110,7 @@ def create_app(
             segment = request.path.strip("/").split("/")[0] or "/"
             return _error_response(404, "0x8006088a", f"Resource not found for the segment '{segment}'.")
         if error.code == 413:
-            return _error_response(413, "0x80040216", "The request is too large.")
+            return _error_response(413, REQUEST_TOO_LARGE, "Request message length is too large.")
         return _error_response(error.code or 400, "", error.description or "Bad request.")
 
     @app.errorhandler(DataverseError)

@@ -45,6 +45,9 @@ from .exceptions import DataverseError
 
 CRLF = "\r\n"
 MAX_OPERATIONS = 1000
+# A GET too long for the URL limit (32,768) may be sent inside a batch, up to this length:
+# https://learn.microsoft.com/power-apps/developer/data-platform/webapi/query/overview
+MAX_URL_LENGTH = 65_536
 API_ROOT_PATH = "/api/data/v9.2"
 
 _REQUEST_LINE = re.compile(rb"^(?P<method>[A-Za-z]+)[ \t]+(?P<url>\S+)[ \t]+HTTP/\d\.\d[ \t]*$")
@@ -233,6 +236,10 @@ def _parse_http_request(payload: bytes, where: str) -> InnerRequest:
 
     method = match.group("method").decode("ascii").upper()
     url = match.group("url").decode("utf-8", "replace")
+    try:
+        urlsplit(url)
+    except ValueError:
+        raise BatchFormatError(f"The {where} has a malformed URL.") from None
     if _is_batch_url(url):
         raise BatchFormatError(f"The {where} is itself a $batch request; batches cannot nest.")
     return InnerRequest(method=method, url=url, headers=headers, body=body)

@@ -8,6 +8,7 @@ same shape and reads the ``last`` values back to continue after that row.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -42,6 +43,14 @@ def _text(entity: EntityType, name: str, value: Any) -> str | None:
     return str(value)
 
 
+def _bigint(text: str) -> int:
+    """An integer a SQL bigint column can compare with (a token is client input)."""
+    number = int(text)
+    if not -(2**63) <= number < 2**63:
+        raise ValueError("integer out of range")
+    return number
+
+
 def _value(entity: EntityType, name: str, text: str) -> Any:
     prop = entity.property(name)
     if prop is None:
@@ -55,11 +64,17 @@ def _value(entity: EntityType, name: str, text: str) -> Any:
     if kind is Edm.Date:
         return date.fromisoformat(text)
     if kind in (Edm.Int32, Edm.Int64):
-        return int(text)
+        return _bigint(text)
     if kind is Edm.Decimal:
-        return Decimal(text)
+        number = Decimal(text)
+        if not number.is_finite():
+            raise ValueError(f"{name}: not a finite number")
+        return number
     if kind is Edm.Double:
-        return float(text)
+        double = float(text)
+        if not math.isfinite(double):
+            raise ValueError(f"{name}: not a finite number")
+        return double
     if kind is Edm.Boolean:
         return text in ("1", "true", "True")
     return text
@@ -87,7 +102,7 @@ def read_paging_cookie(entity: EntityType, opts: QueryOptions, token: str) -> Pa
     outer = ElementTree.fromstring(token)
     if outer.tag != "cookie" or "pagingcookie" not in outer.attrib:
         raise ValueError("not a paging cookie")
-    page = int(outer.attrib.get("pagenumber", "1"))
+    page = _bigint(outer.attrib.get("pagenumber", "1"))
     inner = ElementTree.fromstring(unquote(unquote(outer.attrib["pagingcookie"])))
     columns = sort_columns(entity, opts.orderby)
     elements = [e for e in inner if e.tag != "tracking"]
@@ -95,5 +110,5 @@ def read_paging_cookie(entity: EntityType, opts: QueryOptions, token: str) -> Pa
         raise ValueError("the paging cookie does not match the query's order")
     last = {e.tag: (_value(entity, e.tag, e.attrib["last"]) if "last" in e.attrib else None) for e in elements}
     tracking_element = inner.find("tracking")
-    tracking = int(tracking_element.attrib["version"]) if tracking_element is not None else None
+    tracking = _bigint(tracking_element.attrib["version"]) if tracking_element is not None else None
     return PagingCookie(page=page, last=last, tracking=tracking)

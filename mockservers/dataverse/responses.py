@@ -6,7 +6,6 @@ it never touches Flask, so the same code serves HTTP, batches and in-process use
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from ..odata import errors as engine
 from ..odata.csdl import render_csdl
+from ..odata.jsonbody import InvalidJson, parse_json
 from ..odata.protocol import Result, parse_max_page_size, parse_prefer
 from ..odata.query import QueryOptions, parse_options
 from ..odata.schema import EntityType
@@ -50,6 +50,7 @@ NOT_EMULATED = {
     "userquery": "user queries (personal views)",
     "partitionid": "elastic table partitions",
 }
+MAX_ROW_VERSION = 2**63 - 1
 
 
 @dataclass
@@ -303,7 +304,7 @@ class DataverseService:
             return PagingCookie(page=1, last=None, tracking=None)
         try:
             return read_paging_cookie(entity, opts, token)
-        except (ValueError, ElementTree.ParseError, engine.ODataError) as error:
+        except (ValueError, KeyError, ArithmeticError, ElementTree.ParseError, engine.ODataError) as error:
             raise DataverseError(400, exc.INVALID_ARGUMENT, "The $skiptoken value is not valid.") from error
 
     @staticmethod
@@ -312,8 +313,8 @@ class DataverseService:
 
     def delta(self, req: Request, entity: EntityType) -> Result:
         token = req.args.get("$deltatoken", "")
-        m = re.match(r"^(\d+)!", token)
-        if not m:
+        m = re.match(r"^(\d{1,19})!", token)
+        if not m or int(m.group(1)) > MAX_ROW_VERSION:  # row versions are SQL bigints
             raise DataverseError(400, exc.INVALID_ARGUMENT, "The $deltatoken value is not valid.")
         since = int(m.group(1))
         opts = self._options(req, entity)
@@ -375,37 +376,44 @@ class DataverseService:
         return Result.json(200, payload, headers)
 
     def _body(self, req: Request) -> Any:
-        if not req.body.strip():
-            raise exc.bad_request("The request body is empty; a JSON object is expected.")
         try:
-            return json.loads(req.body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise exc.bad_request(f"Error identified in Payload provided by the user for Entity: invalid JSON "
-                                  f"({error}).") from error
+            return parse_json(req.body)
+        except InvalidJson as error:
+            if error.reason == "empty":
+                raise exc.bad_request("The request body is empty; a JSON object is expected.") from None
+            raise exc.bad_request(f"Error identified in Payload provided by the user for Entity: {error.message}") \
+                from None
 
-    def _representation(self, req: Request, entity: EntityType, row: Row, status: int, prefs) -> Result:
-        opts = self._options(req, entity)
-        with self.connection(False) as conn:
-            self.backend.expand(conn, entity, [row], opts.expand)
-            record = self.serializer.records(conn, entity, [row], opts.select, opts.expand, Annotations(None))[0]
+    def _representation(self, conn: Connection, entity: EntityType, row: Row, status: int,
+                        opts: QueryOptions) -> Result:
+        """The written row as ``return=representation`` shows it; built inside the write transaction,
+        so a failure here rolls the write back instead of answering an error for a committed row."""
+        self.backend.expand(conn, entity, [row], opts.expand)
+        record = self.serializer.records(conn, entity, [row], opts.select, opts.expand, Annotations(None))[0]
         payload = {"@odata.context": self.context(self._context_fragment(entity, opts, "/$entity")), **record}
         return Result.json(status, payload, [("Preference-Applied", "return=representation"),
                                              ("ETag", etag(entity, row) or "")])
 
+    def _write_options(self, req: Request, entity: EntityType) -> QueryOptions:
+        """Query options of a write, validated before anything is written."""
+        opts = self._options(req, entity)
+        self.backend.check_query(entity, opts.select, opts.expand)
+        return opts
+
     def create(self, req: Request, entity: EntityType) -> Result:
         body = self._body(req)
         prefs = parse_prefer(req.headers)
-        opts = self._options(req, entity)
-        self.backend.check_query(entity, opts.select)
+        opts = self._write_options(req, entity)
         with self.connection(True) as conn:
             row = self.backend.create(conn, entity, body, caller=req.caller)
-        if prefs.get("return") == "representation":
-            return self._representation(req, entity, row, 201, prefs)
+            if prefs.get("return") == "representation":
+                return self._representation(conn, entity, row, 201, opts)
         return Result(204, [("OData-EntityId", self._entity_id(entity, row))])
 
     def upsert(self, req: Request, entity: EntityType, head: Segment) -> Result:
         body = self._body(req)
         prefs = parse_prefer(req.headers)
+        opts = self._write_options(req, entity)
         if_none = req.headers.get("If-None-Match")
         key = parse_key(head.key or "")
         with self.connection(True) as conn:
@@ -413,8 +421,8 @@ class DataverseService:
                 conn, entity, key, body, caller=req.caller, if_match=req.headers.get("If-Match"),
                 if_none_match=None if if_none in (None, "null") else if_none,
             )
-        if prefs.get("return") == "representation":
-            return self._representation(req, entity, row, 201 if created else 200, prefs)
+            if prefs.get("return") == "representation":
+                return self._representation(conn, entity, row, 201 if created else 200, opts)
         return Result(204, [("OData-EntityId", f"{self.service_root}/{entity.set_name}({head.key})")])
 
     def delete(self, req: Request, entity: EntityType, head: Segment) -> Result:
@@ -557,7 +565,8 @@ class DataverseService:
         for target in targets:
             if not isinstance(target, dict):
                 raise exc.bad_request("Each item in 'Targets' must be a JSON object.")
-            if target.get("@odata.type", "").lstrip("#") != expected:
+            odata_type = target.get("@odata.type")
+            if not isinstance(odata_type, str) or odata_type.lstrip("#") != expected:
                 raise exc.bad_request(f"Each item in 'Targets' must have \"@odata.type\": \"{expected}\".")
         ids: list[str] = []
         results: list[dict[str, Any]] = []
@@ -567,6 +576,8 @@ class DataverseService:
                     ids.append(self.backend.create(conn, entity, target, caller=req.caller)[entity.key])
                     continue
                 odata_id = target.get("@odata.id")
+                if odata_id is not None and not isinstance(odata_id, str):
+                    raise exc.bad_request("The @odata.id of an item in 'Targets' must be a URI string.")
                 if odata_id:
                     segs = split_path(odata_id.split("/api/data/v9.2/")[-1].lstrip("/"))
                     if len(segs) != 1 or segs[0].name != entity.set_name or segs[0].key is None:
@@ -615,6 +626,10 @@ class DataverseService:
             )
             if sub.path == "$batch":
                 return batch_protocol.error_response(400, exc.NOT_SUPPORTED, "Nested $batch requests are not supported.")
+            if len(inner.url) > batch_protocol.MAX_URL_LENGTH:
+                return batch_protocol.error_response(
+                    414, "", f"The request URL is {len(inner.url):,} characters long; inside a $batch the maximum "
+                             f"is {batch_protocol.MAX_URL_LENGTH:,}.")
             result = self.handle(sub)
             if result.status == 204 and any(h[0] == "OData-EntityId" for h in result.headers) and inner.method == "POST":
                 result.headers.append(("Location", dict(result.headers)["OData-EntityId"]))

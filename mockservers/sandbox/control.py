@@ -7,12 +7,12 @@ Errors use ``{"error": {"code", "message"}}`` like the services, with a 4xx for 
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from ..odata.jsonbody import InvalidJson, parse_json
 from .faults import FaultConfigError
 from .journal import parse_status_filter
 from .limits import LimitConfigError
@@ -175,9 +175,9 @@ def _json_object(*, required: bool) -> dict[str, Any]:
             raise ControlError(400, "BadRequest", "A JSON object body is required.")
         return {}
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ControlError(400, "BadRequest", f"The body is not valid JSON: {exc}.") from exc
+        body = parse_json(raw)
+    except InvalidJson as exc:
+        raise ControlError(400, "BadRequest", exc.message) from exc
     if not isinstance(body, dict):
         raise ControlError(400, "BadRequest", "The body must be a JSON object.")
     return body

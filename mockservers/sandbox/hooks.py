@@ -111,6 +111,9 @@ def install_sandbox_hooks(
             return None
         state = _RequestState(started=time.perf_counter())
         g.sandbox_request = state
+        length = _url_length()
+        if length > sandbox.url_limit.max_length:  # refused before anything parses the query
+            return hooks.render_error(414, sandbox.url_limit.code, sandbox.url_limit.message(length), {})
         decision = sandbox.faults.decide(request.method, request.path)
         return _apply_fault(hooks, state, decision)
 
@@ -162,6 +165,15 @@ def note_principal(principal: str | None) -> None:
     state = _state()
     if state is not None and principal is not None:
         state.principal = principal
+
+
+def _url_length() -> int:
+    """Characters of the URL as the client sent it (scheme, host and the raw, still-encoded target)."""
+    target = request.environ.get("REQUEST_URI") or request.environ.get("RAW_URI")
+    if target is None:
+        query = request.environ.get("QUERY_STRING", "")
+        target = request.environ.get("PATH_INFO", "") + (f"?{query}" if query else "")
+    return len(request.host_url) - 1 + len(target)
 
 
 def _state() -> _RequestState | None:

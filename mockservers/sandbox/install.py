@@ -29,6 +29,9 @@ def install_sandbox(
 
     The caller's principal is read from ``flask.g.principal`` (set by the app once it authenticated).
     """
+    # `//` in a path is the client's to send and the service's to answer, not a redirect to an HTML page;
+    # set before any rule is added, as each rule takes the map's setting when it is bound.
+    app.url_map.merge_slashes = False
     hooks = install_sandbox_hooks(app, sandbox, service=service, principal=lambda: g.get("principal"),
                                   render_error=render_error, budget_headers=budget_headers)
 

@@ -20,6 +20,23 @@ def new_admin_token() -> str:
     return secrets.token_urlsafe(32)
 
 
+# Dataverse documents 32,768 characters for a URL (and 65,536 for a GET inside $batch):
+# https://learn.microsoft.com/power-apps/developer/data-platform/webapi/query/overview
+MAX_URL_LENGTH = 32_768
+
+
+@dataclass(frozen=True)
+class UrlLimit:
+    """The longest request URL a service accepts, and the error code it refuses a longer one with."""
+
+    max_length: int = MAX_URL_LENGTH
+    code: str = ""
+
+    def message(self, length: int) -> str:
+        return (f"The request URL is {length:,} characters long; the maximum is {self.max_length:,}. "
+                "Send long queries inside a $batch request instead.")
+
+
 @dataclass
 class SandboxServices:
     """The per-service sandbox machinery the hooks and the control API share."""
@@ -28,3 +45,4 @@ class SandboxServices:
     journal: Journal = field(default_factory=Journal)
     faults: FaultInjector = field(default_factory=FaultInjector)
     limits: ServiceProtection = field(default_factory=ServiceProtection)
+    url_limit: UrlLimit = field(default_factory=UrlLimit)

@@ -8,17 +8,60 @@ public URL is known before the app is built.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from cheroot import server as cheroot_server
 from cheroot import wsgi
 from cheroot.ssl.builtin import BuiltinSSLAdapter
 
 from .tls import TlsFiles
 
 logging.getLogger("cheroot").setLevel(logging.WARNING)
+
+
+class _FirstWordUpper:
+    """A request-line reader that hands cheroot the method upper-cased and remembers how it came."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.method: bytes | None = None
+
+    def readline(self, *args: Any) -> bytes:
+        line = self.inner.readline(*args)
+        method, space, rest = line.partition(b" ")
+        if space and method.isalpha():
+            self.method = method
+            return method.upper() + space + rest
+        return line
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _Request(cheroot_server.HTTPRequest):
+    """cheroot answers a lower-case method (``get``) with its own plain-text 400. Methods are
+    case-sensitive tokens, so ``get`` is a well-formed request for a method the services do not
+    have: it reaches the app, which answers 405 in its own error envelope."""
+
+    def read_request_line(self) -> bool:
+        reader = _FirstWordUpper(self.rfile)
+        self.rfile = reader
+        try:
+            ok = super().read_request_line()
+        finally:
+            self.rfile = reader.inner
+        if ok and reader.method is not None:
+            self.method = reader.method
+        return ok
+
+
+class _Connection(cheroot_server.HTTPConnection):
+    RequestHandlerClass = _Request
 
 
 class _Gateway(wsgi.Gateway_10):
@@ -31,6 +74,7 @@ class _Gateway(wsgi.Gateway_10):
 
 
 access_logger = logging.getLogger("mockservers.access")
+MAX_REQUEST_HEAD_BYTES = 1024 * 1024
 
 
 class AccessLog:
@@ -58,14 +102,66 @@ class AccessLog:
                                status[0] if status else "---", (time.perf_counter() - started) * 1000)
 
 
+class BindError(OSError):
+    """A service's socket could not be bound; says which service, host and port, and why."""
+
+    def __init__(self, service: str, host: str, port: int, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror or str(error))
+        self.service = service
+        self.host = host
+        self.port = port
+        if error.errno == errno.EADDRINUSE:
+            self.reason = f"port {port} is in use"
+        elif error.errno == errno.EACCES:
+            self.reason = f"port {port} needs privileges this process does not have"
+        elif error.errno == errno.EADDRNOTAVAIL or isinstance(error, socket.gaierror):
+            self.reason = f"cannot listen on host {host!r} ({error.strerror or error})"
+        else:
+            self.reason = f"cannot listen on {host}:{port} ({error.strerror or error})"
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def bind(service: str, host: str, port: int, app: Any, tls: TlsFiles | None = None) -> ServiceServer:
+    try:
+        return ServiceServer(host, port, app, tls=tls)
+    except OSError as error:
+        # cheroot folds the reason into its message text; bind once more to learn the errno.
+        raise BindError(service, host, port, _bind_error(host, port) or error) from None
+
+
+def _bind_error(host: str, port: int) -> OSError | None:
+    try:
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except OSError as error:
+        return error
+    for family, kind, proto, _name, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                return error
+    return None
+
+
 class ServiceServer:
     def __init__(self, host: str, port: int, app: Any, tls: TlsFiles | None = None, threads: int = 24) -> None:
         self._server = wsgi.Server((host, port), app, numthreads=threads, timeout=30, shutdown_timeout=2)
+        # Request line plus headers: far above the services' own URL limits (which answer in their
+        # envelopes), low enough that a 20 MB URL is refused before a worker spends seconds on it.
+        self._server.max_request_header_size = MAX_REQUEST_HEAD_BYTES
         self._server.gateway = _Gateway
-        if tls is not None:
-            self._server.ssl_adapter = BuiltinSSLAdapter(str(tls.cert_chain), str(tls.private_key))
-        self._server.prepare()  # binds and listens now
+        self._server.ConnectionClass = _Connection
+        self._server.prepare()  # binds and listens now; connections are accepted from serve_forever on
         self.port: int = self._server.bind_addr[1]
+        if tls is not None:
+            self.use_tls(tls)
+
+    def use_tls(self, tls: TlsFiles) -> None:
+        """Serve HTTPS; cheroot wraps each accepted connection, so this may follow the bind."""
+        self._server.ssl_adapter = BuiltinSSLAdapter(str(tls.cert_chain), str(tls.private_key))
 
     def serve_forever(self) -> None:
         self._server.serve()
