@@ -13,8 +13,10 @@ import click
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
+from .sandbox.fixtures import FixtureError, UnknownFixture
 from .server import Sandbox, SandboxConfig
-from .server.wsgi import access_logger
+from .server.lock import DataDirLocked
+from .server.wsgi import BindError, access_logger
 
 console = Console(stderr=True, soft_wrap=True)
 # Out-of-range numbers would otherwise wrap around silently (70000 binds 4464).
@@ -22,6 +24,7 @@ PORT = click.IntRange(0, 65535)
 
 
 @click.group()
+@click.version_option(package_name="bc-dataverse-sandbox", prog_name="mockservers")
 def main() -> None:
     """Local Dataverse Web API and Business Central API v2.0 mocks with a mock Entra ID."""
 
@@ -31,6 +34,10 @@ def main() -> None:
               show_default=True, help="Where state (SQLite files, keys, certificates, sandbox.json) lives.")
 @click.option("--seed/--no-seed", default=False, show_default=True, help="Load the sample data set on start.")
 @click.option("--fixture", default="default", show_default=True, help="Fixture set to seed from.")
+@click.option("--fixtures-dir", "fixtures_dirs", multiple=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A directory of fixture sets (or one set) that --fixture and POST /_sandbox/seed may name; "
+                   "repeatable. Without it only the built-in sets can be seeded.")
 @click.option("--tls/--no-tls", default=False, show_default=True,
               help="Serve HTTPS with a local CA (needed by Microsoft's SDKs).")
 @click.option("--host", default="127.0.0.1", show_default=True)
@@ -48,15 +55,15 @@ def main() -> None:
               help="Print one line per request (service, method, path, status, duration).")
 @click.option("--webhook-delay", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds BC waits after a change before sending webhook notifications.")
-def serve(data_dir: Path, seed: bool, fixture: str, tls: bool, host: str, identity_port: int,
-          dataverse_port: int, bc_port: int, db_url: str | None, bc_db_url: str | None, bc_max_page_size: int,
-          webhook_delay: float, access_log: bool) -> None:
+def serve(data_dir: Path, seed: bool, fixture: str, fixtures_dirs: tuple[Path, ...], tls: bool, host: str,
+          identity_port: int, dataverse_port: int, bc_port: int, db_url: str | None, bc_db_url: str | None,
+          bc_max_page_size: int, webhook_delay: float, access_log: bool) -> None:
     """Run the sandbox in the foreground until Ctrl+C."""
     config = SandboxConfig(data_dir=data_dir, host=host, identity_port=identity_port,
                            dataverse_port=dataverse_port, bc_port=bc_port, tls=tls, seed=seed,
                            fixture=fixture, db_url=db_url, bc_db_url=bc_db_url,
                            bc_max_page_size=bc_max_page_size, webhook_delay_seconds=webhook_delay,
-                           access_log=access_log)
+                           access_log=access_log, fixtures_dirs=fixtures_dirs)
     if access_log:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
@@ -66,12 +73,23 @@ def serve(data_dir: Path, seed: bool, fixture: str, tls: bool, host: str, identi
     sandbox = Sandbox(config)
     try:
         info = sandbox.start()
-    except FileNotFoundError as error:
+    except BindError as error:
+        fix = "pass --host" if error.reason.startswith("cannot listen on host") else f"pass --{error.service}-port"
+        raise click.ClickException(f"{error.reason}: {fix} (the {error.service} service's port; 0 picks a free one)") \
+            from None
+    except DataDirLocked as error:
         raise click.ClickException(str(error)) from None
+    except (UnknownFixture, FixtureError) as error:
+        raise click.ClickException(f"fixture {fixture!r}: {error}") from None
+    except PermissionError as error:
+        where = error.filename or data_dir
+        raise click.ClickException(f"cannot write to {where}: permission denied; pass another --data-dir") from None
     except OSError as error:
-        raise click.ClickException(f"cannot start the sandbox: {error.strerror or error}") from None
+        where = f" ({error.filename})" if error.filename else ""
+        raise click.ClickException(f"cannot start the sandbox: {error.strerror or error}{where}") from None
     except SQLAlchemyError as error:
-        raise click.ClickException(f"cannot open the database: {str(error).splitlines()[0]}") from None
+        raise click.ClickException(f"cannot open the database: {str(error).splitlines()[0]}; check --db-url / "
+                                   "--bc-db-url") from None
     console.print(f"[bold]bc-dataverse-sandbox[/bold] running (state in {data_dir.resolve()})")
     console.print(f"  identity   {info['identity']['url']}  tenant {info['tenant_id']}")
     console.print(f"  dataverse  {info['dataverse']['api_root']}")

@@ -171,7 +171,7 @@ def test_reset_clears_data_journal_faults_and_limits(base: str, service: FakeSer
     [
         ({"fixture": "large"}, 200, {"fixture": "large", "created": {"accounts": 10}}),
         (None, 200, {"fixture": "default", "created": {"accounts": 10}}),
-        ({"fixture": "nope"}, 404, {"code": "FixtureNotFound", "message": "Unknown fixture 'nope': no fixture set named nope"}),
+        ({"fixture": "nope"}, 404, {"code": "FixtureNotFound", "message": "Unknown fixture: no fixture set named nope"}),
         ({"fixture": "broken"}, 400, {"code": "BadRequest", "message": "Fixture 'broken' could not be loaded: row 3 has no name"}),
         ({"fixture": 5}, 400, {"code": "BadRequest", "message": "'fixture' must be a non-empty string naming a fixture set."}),
     ],

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -305,7 +306,72 @@ def test_port_in_use_is_reported_without_traceback(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "Traceback" not in result.stderr + result.stdout
     last = result.stderr.strip().splitlines()[-1]
-    assert str(taken) in last and "in use" in last, result.stderr
+    assert last.startswith(f"Error: port {taken} is in use: pass --dataverse-port"), result.stderr
+    assert not (tmp_path / "d").exists(), "a failed start leaves no data dir behind"
+
+
+def test_failed_start_in_an_existing_data_dir_writes_nothing(served: Served) -> None:
+    """Nothing half-written: after a start that fails, the data dir holds what it held before, and in
+    particular no sandbox.json that would describe a sandbox that never ran."""
+    served.start()
+    assert served.stop() == 0
+    (served.data_dir / "sandbox.json").unlink()
+    (served.data_dir / "tls" / "server.pem").unlink()  # would be re-issued by the next start
+    before = {p: p.stat().st_mtime_ns for p in served.data_dir.rglob("*")}
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        identity, dataverse, _ = served.ports
+        result = run_cli(["serve", "--data-dir", str(served.data_dir), "--tls", "--seed", "--identity-port",
+                          str(identity), "--dataverse-port", str(dataverse), "--bc-port",
+                          str(busy.getsockname()[1])], served.data_dir.parent)
+
+    assert result.returncode == 1, result.stderr
+    assert "pass --bc-port" in result.stderr.strip().splitlines()[-1]
+    after = {p: p.stat().st_mtime_ns for p in served.data_dir.rglob("*")}
+    assert set(after) == set(before), sorted(str(p) for p in set(after) ^ set(before))
+    changed = [str(p) for p in after if p.is_file() and p.name != "sandbox.lock" and after[p] != before[p]]
+    assert changed == [], changed
+
+
+def test_a_second_serve_on_a_locked_data_dir_names_the_pid(served: Served, tmp_path: Path) -> None:
+    first = served.start()
+    assert served.process is not None
+    identity, dataverse, bc = free_ports(3)
+    result = run_cli(["serve", "--data-dir", str(served.data_dir), "--identity-port", str(identity),
+                      "--dataverse-port", str(dataverse), "--bc-port", str(bc)], tmp_path)
+
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, result.stderr
+    assert str(served.data_dir.resolve()) in errors[0] and f"PID {served.process.pid}" in errors[0], errors[0]
+    assert json.loads((served.data_dir / "sandbox.json").read_text()) == first, "the refused start wrote nothing"
+    assert served.healthy(), "the first sandbox keeps serving"
+    assert served.stop() == 0
+
+
+def test_a_stale_lock_after_kill_9_is_taken_over(served: Served) -> None:
+    served.start()
+    assert served.process is not None
+    dead = served.process.pid
+    served.process.send_signal(signal.SIGKILL)
+    served.process.wait(timeout=STOP_TIMEOUT)
+    lock = served.data_dir / "sandbox.lock"
+    assert lock.read_text().strip() == str(dead), "kill -9 leaves the file with the dead PID in it"
+
+    served.start()  # same data dir: the lock died with its process
+    assert served.process.pid != dead
+    assert lock.read_text().strip() == str(served.process.pid)
+    assert served.stop() == 0
+    assert lock.read_text() == "", "a clean stop releases the lock and leaves no PID behind"
+
+
+def test_version() -> None:
+    result = subprocess.run([str(EXECUTABLE), "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"mockservers, version \d+\.\d+\.\d+\S*\n", result.stdout), result.stdout
 
 
 def test_info_without_a_sandbox_is_one_line(tmp_path: Path) -> None:

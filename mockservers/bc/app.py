@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from ..identity import BUSINESS_CENTRAL_RESOURCE, InvalidToken, TokenValidator
 from ..odata import database
 from ..odata.protocol import to_response
+from ..sandbox.fixtures import DEFAULT_LIBRARY, FixtureLibrary
 from ..sandbox.hooks import note_batch_operations, sandbox_admit
 from ..sandbox.install import install_sandbox
 from ..sandbox.limits import BC_LIMITS, BC_MESSAGES, ServiceProtection
@@ -36,6 +37,7 @@ def create_app(
     *,
     database_url: str = "sqlite://",
     fixture: str = "default",
+    fixtures: FixtureLibrary = DEFAULT_LIBRARY,
     config: Mapping[str, Any] | None = None,
     validator: TokenValidator | None,
     tenant_aliases: set[str] | None = None,
@@ -53,7 +55,7 @@ def create_app(
     app.config.update(database.app_config(database_url))
     app.config.update(config or {})
     engine, session = database.init_app(app)
-    backend = BCBackend(engine, fixture=fixture, session=session)
+    backend = BCBackend(engine, fixture=fixture, session=session, fixtures=fixtures)
     webhooks = None
     if webhook_config is not None:
         webhooks = Webhooks(engine, webhook_config, supported_resource=backend.supports_webhooks)

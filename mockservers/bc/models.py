@@ -7,11 +7,9 @@ number series for `number`, and the AL validation errors (`A "displayName" must 
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -25,19 +23,26 @@ from ..odata.schema import Edm, EntityType, Navigation, Property, Schema
 from ..odata.storage import Row, Store, utcnow
 from ..odata.transactions import Transactions
 from ..odata.values import parse_guid, shown_text, to_stored
+from ..sandbox.fixtures import DEFAULT_LIBRARY, FixtureError, FixtureLibrary
 from . import exceptions as exc
 from .exceptions import BCError
 from .tables import build_schema, entity_info
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 
 
-def load_fixture(name: str) -> dict:
-    path = FIXTURES / name / "bc.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no Business Central fixture named {name!r} ({path})")
-    return json.loads(path.read_text())
+def load_fixture(name: str, fixtures: FixtureLibrary = DEFAULT_LIBRARY) -> dict:
+    data = fixtures.load(name, "bc.json")
+    companies = data.get("companies", [])
+    if not isinstance(companies, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("name"), str)
+            and isinstance(c.get("tables", []), list)
+            and all(isinstance(t, dict) and isinstance(t.get("set"), str) and isinstance(t.get("records", []), list)
+                    and all(isinstance(r, dict) for r in t.get("records", [])) for t in c.get("tables", []))
+            for c in companies):
+        raise FixtureError(f"{name}/bc.json: 'companies' must be a list of "
+                           '{"id", "name", "tables": [{"set", "records": [...]}]} objects')
+    return data
 
 
 @dataclass
@@ -50,15 +55,16 @@ class Company:
 
 class BCBackend:
     def __init__(self, db: Engine | str = "sqlite://", fixture: str = "default", *,
-                 session: SessionProvider | None = None) -> None:
+                 session: SessionProvider | None = None, fixtures: FixtureLibrary = DEFAULT_LIBRARY) -> None:
         """``db``: the engine Flask-SQLAlchemy made for the app (or a URL for a standalone store);
         ``session``: the app's request-scoped session provider (``odata.database.init_app``)."""
         self.fixture_name = fixture
+        self.fixtures = fixtures
+        data = load_fixture(fixture, fixtures)
         self.schema: Schema = build_schema()
         self.store = Store(self.schema, db, session=session)
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
-        data = load_fixture(fixture)
         self.environment: str = data.get("environment", "production")
         self.companies: dict[str, Company] = {
             c["id"]: Company(c["id"], c["name"], c.get("displayName", c["name"]), c.get("lcy", "USD"))
@@ -331,7 +337,7 @@ class BCBackend:
     # -- seeding -------------------------------------------------------------------------------
     def seed(self, fixture: str = "default") -> dict[str, int]:
         """Load the fixture's records through the same write rules the API applies."""
-        data = load_fixture(fixture)
+        data = load_fixture(fixture, self.fixtures)
         counts: dict[str, int] = {}
         with self.store.write() as conn:
             for company in data.get("companies", []):

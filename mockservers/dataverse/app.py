@@ -11,6 +11,7 @@ from werkzeug.exceptions import HTTPException
 from ..identity import InvalidToken, TokenValidator, bearer_challenge
 from ..odata import database
 from ..odata.protocol import to_response
+from ..sandbox.fixtures import DEFAULT_LIBRARY, FixtureLibrary
 from ..sandbox.hooks import note_batch_operations, sandbox_admit
 from ..sandbox.install import install_sandbox
 from ..sandbox.limits import DATAVERSE_LIMITS, DATAVERSE_MESSAGES, ServiceProtection, dataverse_budget_headers
@@ -36,6 +37,7 @@ def create_app(
     *,
     database_url: str = "sqlite://",
     fixture: str = "default",
+    fixtures: FixtureLibrary = DEFAULT_LIBRARY,
     config: Mapping[str, Any] | None = None,
     public_url: str,
     validator: TokenValidator | None,
@@ -54,7 +56,7 @@ def create_app(
     app.config.update(database.app_config(database_url))
     app.config.update(config or {})
     engine, session = database.init_app(app)
-    backend = DataverseBackend(engine, fixture=fixture, session=session)
+    backend = DataverseBackend(engine, fixture=fixture, session=session, fixtures=fixtures)
     public_url = public_url.rstrip("/")
     service = DataverseService(backend, public_url + API_PATH, tenant_id=tenant_id)
     sandbox = sandbox or new_sandbox_services()

@@ -7,12 +7,10 @@ HTTP lives in ``responses.py``.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -26,13 +24,13 @@ from ..odata.storage import Row, Store
 from ..odata.transactions import Transactions
 from ..odata.urlpath import KeyPredicate, parse_key, split_path
 from ..odata.values import parse_guid, to_stored
+from ..sandbox.fixtures import DEFAULT_LIBRARY, FixtureError, FixtureLibrary
 from . import exceptions as exc
 from .exceptions import DataverseError
 from .functions import FUNCTIONS
 from .option_values import OptionValues
 from .tables import bind_navigation, build_schema, computed_values, default_status, table_info
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 _SYSTEM_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "https://bc-dataverse-sandbox.invalid/dataverse/system-rows")
 _READ_ONLY_MESSAGES = {"Retrieve", "RetrieveMultiple"} | {f.name for f in FUNCTIONS.values() if f.read_only}
 
@@ -53,31 +51,43 @@ class Organization:
     business_unit_id: str | None
 
 
-def load_fixture(name: str) -> dict:
-    path = FIXTURES / name / "dataverse.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no Dataverse fixture named {name!r} ({path})")
-    return json.loads(path.read_text())
+def load_fixture(name: str, fixtures: FixtureLibrary = DEFAULT_LIBRARY) -> dict:
+    return fixtures.load(name, "dataverse.json")
 
 
-def load_customizations(name: str = "default") -> dict:
-    path = FIXTURES / name / "dataverse-customizations.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def load_customizations(name: str = "default", fixtures: FixtureLibrary = DEFAULT_LIBRARY) -> dict:
+    filename = "dataverse-customizations.json"
+    return fixtures.load(name, filename) if fixtures.has(name, filename) else {}
+
+
+def _fixture_tables(data: dict, fixture: str) -> list[dict]:
+    """The fixture's ``tables``, checked for shape before anything is written."""
+    tables = data.get("tables", [])
+    if not isinstance(tables, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("set"), str) and isinstance(t.get("records", []), list)
+            and all(isinstance(r, dict) for r in t.get("records", [])) for t in tables):
+        raise FixtureError(f"{fixture}/dataverse.json: 'tables' must be a list of "
+                           '{"set": "<entity set>", "records": [{...}, ...]} objects')
+    return tables
 
 
 class DataverseBackend:
     def __init__(self, db: Engine | str = "sqlite://", fixture: str = "default", *,
-                 session: SessionProvider | None = None) -> None:
+                 session: SessionProvider | None = None, fixtures: FixtureLibrary = DEFAULT_LIBRARY) -> None:
         """``db``: the engine Flask-SQLAlchemy made for the app (or a URL for a standalone store);
-        ``session``: the app's request-scoped session provider (``odata.database.init_app``)."""
+        ``session``: the app's request-scoped session provider (``odata.database.init_app``);
+        ``fixtures``: where fixture sets are looked up by name."""
         self.fixture_name = fixture
-        self.schema: Schema = build_schema(load_customizations(fixture))
+        self.fixtures = fixtures
+        data = load_fixture(fixture, fixtures)
+        self.schema: Schema = build_schema(load_customizations(fixture, fixtures))
         self.store = Store(self.schema, db, session=session)
         self.option_values = OptionValues(self.schema, self.store)
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
-        data = load_fixture(fixture)
         self._org_settings: dict[str, Any] = data.get("organization", {})
+        if not isinstance(self._org_settings, dict):
+            raise FixtureError(f"{fixture}/dataverse.json: 'organization' must be a JSON object")
         self.organization = Organization(  # until the organization row is read
             organization_id=self._org_settings.get("organizationid", str(uuid.uuid4())),
             name=self._org_settings.get("name", "Sandbox"),
@@ -604,12 +614,12 @@ class DataverseBackend:
         run (links that need both sides first, such as an account's primary contact); records that
         already existed before the run are left as they are, so seeding twice changes nothing.
         """
-        data = load_fixture(fixture)
+        tables = _fixture_tables(load_fixture(fixture, self.fixtures), fixture)
         counts: dict[str, int] = {}
         created: set[tuple[str, str]] = set()
         with self.store.write() as conn:
             caller = self.system_caller(conn)
-            for table in data.get("tables", []):
+            for table in tables:
                 set_name = table["set"]
                 entity = self.schema.by_set(set_name)
                 if entity is None:

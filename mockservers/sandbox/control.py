@@ -80,12 +80,13 @@ def control_blueprint(
         fixture = body.get("fixture", "default")
         if not isinstance(fixture, str) or not fixture:
             raise ControlError(400, "BadRequest", "'fixture' must be a non-empty string naming a fixture set.")
+        shown = repr(fixture if len(fixture) <= 80 else fixture[:80] + "...")
         try:
             result = seed(fixture)
         except LookupError as exc:
-            raise ControlError(404, "FixtureNotFound", f"Unknown fixture {fixture!r}: {_reason(exc)}") from exc
+            raise ControlError(404, "FixtureNotFound", f"Unknown fixture: {_reason(exc)}") from exc
         except ValueError as exc:
-            raise ControlError(400, "BadRequest", f"Fixture {fixture!r} could not be loaded: {exc}") from exc
+            raise ControlError(400, "BadRequest", f"Fixture {shown} could not be loaded: {exc}") from exc
         return jsonify(result)
 
     @bp.get("/journal")

@@ -6,6 +6,8 @@ from typing import Any, Protocol
 
 from flask import Flask, g
 
+from ..odata.errors import ODataError
+from ..odata.protocol import ServiceError
 from .control import control_blueprint
 from .hooks import BudgetHeaders, RenderError, SandboxHooks, install_sandbox_hooks
 from .services import SandboxServices
@@ -40,6 +42,8 @@ def install_sandbox(
             return {"seeded": backend.seed(name)}
         except FileNotFoundError as error:
             raise LookupError(str(error)) from error
+        except (ServiceError, ODataError) as error:  # a record the service's own write rules refuse
+            raise ValueError(f"a record was refused: {error.message}") from error
 
     app.register_blueprint(control_blueprint(sandbox, reset=backend.reset, seed=seed))
     return hooks

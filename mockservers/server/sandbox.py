@@ -6,7 +6,9 @@ apps are built: the Dataverse org URL is also the token audience.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import secrets
 import threading
 from dataclasses import dataclass, field
@@ -20,10 +22,36 @@ from ..dataverse.app import create_app as create_dataverse_app
 from ..dataverse.app import new_sandbox_services as dataverse_sandbox
 from ..identity import BUSINESS_CENTRAL_RESOURCE, TokenIssuer, load_default_directory, load_signing_key
 from ..identity import create_app as create_identity_app
+from ..sandbox.fixtures import FixtureLibrary
+from .lock import DataDirLock
 from .tls import TlsFiles, ensure_certificates
-from .wsgi import AccessLog, ServiceServer
+from .wsgi import AccessLog, ServiceServer, bind
 
 ADMIN_TOKEN_FILE = "admin-token"
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds a secret), atomically via a temporary name."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, 0o600)  # an older file of that name may have been created with wider rights
+    os.replace(tmp, path)
+
+
+def _entries(root: Path) -> set[Path]:
+    return set(root.rglob("*"))
+
+
+def _remove_new(root: Path, before: set[Path], created_root: bool) -> None:
+    """Undo a failed start: remove what it created (deepest first), and the data dir if it made it."""
+    for path in sorted(_entries(root) - before, key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir() if path.is_dir() and not path.is_symlink() else path.unlink()
+    if created_root:
+        with contextlib.suppress(OSError):
+            root.rmdir()
 
 
 class _AppSlot:
@@ -51,6 +79,7 @@ class SandboxConfig:
     webhook_delay_seconds: float = 30.0
     bc_max_page_size: int = 20_000  # BC online serves at most 20,000 entities a page
     access_log: bool = False  # one log line per request on the "mockservers.access" logger
+    fixtures_dirs: tuple[Path, ...] = ()  # operator-allowed fixture directories (beside the built-in sets)
     auth: bool = True
 
 
@@ -65,28 +94,45 @@ class Sandbox:
     info: dict[str, Any] = field(default_factory=dict)
 
     def start(self) -> dict[str, Any]:
-        """Bind, build and serve every service; on any failure release what was already bound."""
+        """Lock the data dir, bind, build and serve every service.
+
+        On any failure everything already bound is released and every file this start created is
+        removed again, so a failed start leaves the data dir as it found it (and no sandbox.json).
+        """
+        cfg = self.config
+        created_dir = not cfg.data_dir.exists()
+        cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        before = _entries(cfg.data_dir)
+        lock = DataDirLock(cfg.data_dir)
+        try:
+            lock.acquire()
+        except BaseException:
+            _remove_new(cfg.data_dir, before, created_dir)
+            raise
+        self._lock = lock
         try:
             return self._start()
         except BaseException:
             self.stop()
+            _remove_new(cfg.data_dir, before, created_dir)
             raise
 
     def _start(self) -> dict[str, Any]:
         cfg = self.config
-        cfg.data_dir.mkdir(parents=True, exist_ok=True)
-        if cfg.tls:
-            self.tls_files = ensure_certificates(cfg.data_dir)
         scheme = "https" if cfg.tls else "http"
         public_host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
         slots: dict[str, _AppSlot] = {}
         for name, port in (("identity", cfg.identity_port), ("dataverse", cfg.dataverse_port), ("bc", cfg.bc_port)):
             slot = _AppSlot()
             app = AccessLog(slot, name) if cfg.access_log else slot
-            server = ServiceServer(cfg.host, port, app, tls=self.tls_files)
+            server = bind(name, cfg.host, port, app)
             self.servers[name] = server
             slots[name] = slot
             self.urls[name] = f"{scheme}://{public_host}:{server.port}"
+        if cfg.tls:  # after binding: a port in use must not cost a certificate re-issue
+            self.tls_files = ensure_certificates(cfg.data_dir)
+            for server in self.servers.values():
+                server.use_tls(self.tls_files)
 
         directory = load_default_directory()
         dataverse_url = self.urls["dataverse"]
@@ -95,6 +141,7 @@ class Sandbox:
         issuer = TokenIssuer(load_signing_key(cfg.data_dir), public_url=self.urls["identity"])
         slots["identity"].app = create_identity_app(directory, issuer)
 
+        fixtures = FixtureLibrary.with_dirs(cfg.fixtures_dirs)
         db_url = cfg.db_url or f"sqlite:///{(cfg.data_dir / 'dataverse.db').resolve()}"
         admin_token = self._admin_token()
         sandbox = dataverse_sandbox()
@@ -102,6 +149,7 @@ class Sandbox:
         slots["dataverse"].app = create_dataverse_app(
             database_url=db_url,
             fixture=cfg.fixture,
+            fixtures=fixtures,
             public_url=dataverse_url,
             validator=issuer.validator(directory.tenant_id) if cfg.auth else None,
             identity_url=self.urls["identity"],
@@ -118,6 +166,7 @@ class Sandbox:
         slots["bc"].app = create_bc_app(
             database_url=bc_db_url,
             fixture=cfg.fixture,
+            fixtures=fixtures,
             validator=issuer.validator(directory.tenant_id) if cfg.auth else None,
             tenant_aliases={directory.tenant_id, *directory.domains},
             sandbox=bc_services,
@@ -148,12 +197,13 @@ class Sandbox:
             "admin_token": admin_token,
             "ca_bundle": str(self.tls_files.ca_bundle.resolve()) if self.tls_files else None,
         }
-        (cfg.data_dir / "sandbox.json").write_text(json.dumps(self.info, indent=2) + "\n")
         self.apps = {name: slot.app for name, slot in slots.items()}
         for name, server in self.servers.items():
             thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
+        # Last, so that a sandbox.json always describes a sandbox that did start; it holds the admin token.
+        write_private(cfg.data_dir / "sandbox.json", json.dumps(self.info, indent=2) + "\n")
         return self.info
 
     def _admin_token(self) -> str:
@@ -161,8 +211,7 @@ class Sandbox:
         if path.is_file():
             return path.read_text().strip()
         token = secrets.token_urlsafe(32)
-        path.write_text(token)
-        path.chmod(0o600)
+        write_private(path, token)
         return token
 
     def stop(self) -> None:
@@ -177,3 +226,6 @@ class Sandbox:
             self.webhooks.stop()
         for backend in getattr(self, "backends", {}).values():
             backend.store.engine.dispose()
+        if getattr(self, "_lock", None) is not None:
+            self._lock.release()
+            self._lock = None
