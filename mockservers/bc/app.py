@@ -67,6 +67,11 @@ def create_app(
 
     audiences = {BUSINESS_CENTRAL_RESOURCE}
 
+    def rejected_credentials() -> Response:
+        return _error_response(401, "Authentication_InvalidCredentials", "The server has rejected the client credentials.",
+                               {"WWW-Authenticate": f'Bearer realm="", error="invalid_token", '
+                                                   f'resource_id="{BUSINESS_CENTRAL_RESOURCE}"'})
+
     @app.route("/<path:path>", methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
     def api(path: str) -> Response:
         claims: dict = {}
@@ -74,10 +79,10 @@ def create_app(
             try:
                 claims = validator.validate_authorization(request.headers.get("Authorization"), audiences)
             except InvalidToken:
-                return _error_response(401, "Authentication_InvalidCredentials",
-                                       "The server has rejected the client credentials.",
-                                       {"WWW-Authenticate": f'Bearer realm="", error="invalid_token", '
-                                                           f'resource_id="{BUSINESS_CENTRAL_RESOURCE}"'})
+                return rejected_credentials()
+            # A valid token of an app that is not registered (and enabled) in BC is refused the same way.
+            if backend.application(claims.get("appid")) is None:
+                return rejected_credentials()
         g.principal = claims.get("oid") or claims.get("appid")
         sandbox_admit(g.principal)
         req = Request(

@@ -26,6 +26,7 @@ from ..odata.values import parse_guid, shown_text, to_stored
 from ..sandbox.fixtures import DEFAULT_LIBRARY, FixtureError, FixtureLibrary
 from . import exceptions as exc
 from .exceptions import BCError
+from .security import METHOD_ACTIONS, Application, load_applications, permission_denied
 from .tables import build_schema, entity_info
 
 ZERO_GUID = "00000000-0000-0000-0000-000000000000"
@@ -66,6 +67,10 @@ class BCBackend:
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
         self.environment: str = data.get("environment", "production")
+        try:
+            self.applications = load_applications(data)
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise FixtureError(f"{fixture}/bc.json: {error}") from None
         self.companies: dict[str, Company] = {
             c["id"]: Company(c["id"], c["name"], c.get("displayName", c["name"]), c.get("lcy", "USD"))
             for c in data.get("companies", [])
@@ -93,6 +98,26 @@ class BCBackend:
                     businessProfileId="", systemCreatedAt=now, systemModifiedAt=now,
                     systemCreatedBy=ZERO_GUID, systemModifiedBy=ZERO_GUID,
                 ))
+
+    # -- apps -------------------------------------------------------------------------------
+    def application(self, client_id: str | None) -> Application | None:
+        """The enabled Microsoft Entra application registered in BC under ``client_id``."""
+        try:
+            app = self.applications.get(str(uuid.UUID(client_id or "")))
+        except ValueError:
+            return None
+        return app if app is not None and app.enabled else None
+
+    def authorize(self, client_id: str | None, method: str, entity: EntityType) -> None:
+        """Raise BC's 403 unless the app's permission sets allow ``method`` on ``entity``'s table.
+
+        No client id means authentication is off (protocol tests): nothing is checked."""
+        letter = METHOD_ACTIONS.get(method)
+        if client_id is None or letter is None:
+            return
+        app = self.application(client_id)
+        if app is None or not app.allows(letter, entity):
+            raise permission_denied(letter, entity)
 
     def find_company(self, key: str) -> Company | None:
         """By id (GUID) or by name, as `?company=` and the batch `Company` header allow."""

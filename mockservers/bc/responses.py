@@ -238,6 +238,7 @@ class BCService:
         entity = self._entities(route).get(head.name)
         if entity is None:
             raise exc.resource_not_found(head.name)
+        self.backend.authorize(req.principal.get("appid"), req.method, entity)
         context_base = (f"{root_url}/$metadata#companies({company.id})/{entity.set_name}" if scoped_context
                         else f"{root_url}/$metadata#{entity.set_name}")
         location_base = (f"{root_url}/companies({company.id})/{entity.set_name}" if scoped_context

@@ -29,6 +29,7 @@ from . import exceptions as exc
 from .exceptions import DataverseError
 from .functions import FUNCTIONS
 from .option_values import OptionValues
+from .security import Access, SecurityModel, privilege_denied
 from .tables import bind_navigation, build_schema, computed_values, default_status, table_info
 
 _SYSTEM_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "https://bc-dataverse-sandbox.invalid/dataverse/system-rows")
@@ -37,10 +38,14 @@ _READ_ONLY_MESSAGES = {"Retrieve", "RetrieveMultiple"} | {f.name for f in FUNCTI
 
 @dataclass
 class Caller:
-    """Who is calling: the systemuser behind the token (application user for app tokens)."""
+    """Who is calling: the systemuser behind the token (application user for app tokens).
+
+    ``access`` is what its security roles allow; None is the sandbox itself (seeding), unrestricted.
+    """
 
     user_id: str
     business_unit_id: str | None
+    access: Access | None = None
 
 
 @dataclass
@@ -94,6 +99,10 @@ class DataverseBackend:
             base_currency_id=None,
             business_unit_id=self._org_settings.get("business_unit"),
         )
+        try:
+            self.security = SecurityModel.from_fixture(data.get("security_roles", []))
+        except (ValueError, KeyError, TypeError) as error:
+            raise FixtureError(f"{fixture}/dataverse.json: security_roles: {error}") from None
         with self.store.read() as conn:
             empty = self.store.count(conn, self.entity("systemuser")) == 0
             self.option_values.apply(conn)
@@ -128,7 +137,8 @@ class DataverseBackend:
                 continue
             row = conn.execute(users.select().where(users.c[column] == value.lower())).mappings().first()
             if row is not None:
-                return Caller(row["systemuserid"], row.get("_businessunitid_value"))
+                access = self.security.access_for(row["systemuserid"], row.get("accessmode") or 0)
+                return Caller(row["systemuserid"], row.get("_businessunitid_value"), access)
         return None
 
     # -- reads: the protocol layer's only way to the rows ---------------------------------------
@@ -238,6 +248,12 @@ class DataverseBackend:
         stmt = sa.select(table.c.transactioncurrencyid, table.c.currencysymbol).where(
             table.c.transactioncurrencyid.in_(keys))
         return {key: symbol for key, symbol in conn.execute(stmt)}
+
+    def authorize(self, caller: Caller | None, verb: str, entity: EntityType) -> None:
+        """Raise the PrivilegeDenied 403 unless the caller's roles grant ``verb`` on ``entity``."""
+        if caller is None or caller.access is None or caller.access.allows(verb, entity):
+            return
+        raise privilege_denied(caller.access, verb, entity, self.schema)
 
     def find_by_key(self, conn: Connection, entity: EntityType, key: KeyPredicate) -> Row | None:
         if key.named:
@@ -489,6 +505,7 @@ class DataverseBackend:
     def create(self, conn: Connection, entity: EntityType, body: Any, *, caller: Caller,
                key_values: dict[str, Any] | None = None) -> Row:
         self.check_message(entity, "Create")
+        self.authorize(caller, "Create", entity)
         values, deferred = self.prepare(conn, entity, body, creating=True, caller=caller)
         for name, value in (key_values or {}).items():
             values.setdefault(name, value)
@@ -534,6 +551,7 @@ class DataverseBackend:
     def update(self, conn: Connection, entity: EntityType, key: str, body: Any, *, caller: Caller,
                if_version: int | None = None) -> Row:
         self.check_message(entity, "Update")
+        self.authorize(caller, "Write", entity)
         existing = self.store.get(conn, entity, key)
         if existing is None:
             raise exc.not_found(entity.name, key)
@@ -580,8 +598,10 @@ class DataverseBackend:
             key_values[entity.key] = self.guid(key.single or "")
         return self.create(conn, entity, body, caller=caller, key_values=key_values), True
 
-    def delete(self, conn: Connection, entity: EntityType, key: str, *, if_version: int | None = None) -> Row:
+    def delete(self, conn: Connection, entity: EntityType, key: str, *, if_version: int | None = None,
+               caller: Caller | None = None) -> Row:
         self.check_message(entity, "Delete")
+        self.authorize(caller, "Delete", entity)
         try:
             return self.store.delete(conn, entity, key, if_version=if_version)
         except engine.ODataError as error:

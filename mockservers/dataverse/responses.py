@@ -134,6 +134,8 @@ class DataverseService:
         entity = self.schema.by_set(head.name)
         if entity is None:
             raise exc.segment_not_found(head.name)
+        if req.method == "GET":
+            self.backend.authorize(req.caller, "Read", entity)
         if head.key is None:
             return self.collection(req, entity, segments[1:])
         return self.single(req, entity, head, segments[1:])
@@ -435,7 +437,7 @@ class DataverseService:
             if if_match and if_match != "*" and version is None:
                 raise DataverseError(412, exc.CONCURRENCY_VERSION_MISMATCH,
                                      "The version of the existing record doesn't match the RowVersion property provided.")
-            self.backend.delete(conn, entity, row[entity.key], if_version=version)
+            self.backend.delete(conn, entity, row[entity.key], if_version=version, caller=req.caller)
         return Result(204)
 
     # -- property and navigation paths -------------------------------------------------------
