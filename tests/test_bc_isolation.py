@@ -135,3 +135,52 @@ def test_no_write_happens_with_a_foreign_token(sandbox: RunningSandbox) -> None:
     table = backend.store.table(backend.schema.by_set("customers"))
     with backend.store.read() as conn:
         assert conn.execute(sa.select(table.c.id).where(table.c.displayName == "Smuggled")).first() is None
+
+
+def test_same_id_may_exist_in_two_companies(sandbox: RunningSandbox, bc: requests.Session) -> None:
+    """Companies are separate tables in BC: a POST under B with an id that exists only in A creates B's
+    own record (it used to answer 409 "already exists", telling B about A's record)."""
+    a, b = (f"{sandbox.bc_api}/companies({c})/customers" for c in sandbox.companies[:2])
+    first = bc.post(a, json={"displayName": "Twin In A", "city": "Alpha"})
+    assert first.status_code == 201, first.text
+    twin_id = first.json()["id"]
+
+    second = bc.post(b, json={"id": twin_id, "displayName": "Twin In B", "city": "Beta"})
+    assert second.status_code == 201, second.text
+    assert second.json()["id"] == twin_id and second.json()["number"]
+
+    in_a, in_b = bc.get(f"{a}({twin_id})").json(), bc.get(f"{b}({twin_id})").json()
+    assert (in_a["displayName"], in_a["city"]) == ("Twin In A", "Alpha")
+    assert (in_b["displayName"], in_b["city"]) == ("Twin In B", "Beta")
+
+    patched = bc.patch(f"{b}({twin_id})", json={"city": "Gamma"}, headers={"If-Match": in_b["@odata.etag"]})
+    assert patched.status_code == 200, patched.text
+    assert bc.get(f"{a}({twin_id})").json()["city"] == "Alpha", "B's update stays in B"
+    assert bc.delete(f"{b}({twin_id})").status_code == 204
+    assert bc.get(f"{b}({twin_id})").status_code == 404
+    assert bc.get(f"{a}({twin_id})").json()["@odata.etag"] == in_a["@odata.etag"], "B's delete stays in B"
+
+    again = bc.post(a, json={"id": twin_id, "displayName": "Twin Again"})
+    assert again.status_code == 409 and again.json()["error"]["code"] == "Internal_EntityWithSameKeyExists"
+
+
+def test_same_id_in_two_companies_expands_within_its_company(sandbox: RunningSandbox, bc: requests.Session) -> None:
+    """A reference (currencyId) resolves to the row of the record's own company, even when the other
+    company holds a row with the same id."""
+    a, b = sandbox.companies[:2]
+    currency_id = "cc000000-0000-4000-8000-00000000beef"
+    for company, code in ((a, "TWA"), (b, "TWB")):
+        made = bc.post(f"{sandbox.bc_api}/companies({company})/currencies",
+                       json={"id": currency_id, "code": code, "displayName": f"Twin {code}"})
+        assert made.status_code == 201, made.text
+    customer = bc.post(f"{sandbox.bc_api}/companies({b})/customers",
+                       json={"displayName": "Pays In Twin", "currencyId": currency_id}).json()
+    assert customer["currencyCode"] == "TWB"
+
+    expanded = bc.get(f"{sandbox.bc_api}/companies({b})/customers({customer['id']})", params={"$expand": "currency"})
+    assert expanded.status_code == 200, expanded.text
+    assert expanded.json()["currency"]["code"] == "TWB"
+    filtered = bc.get(f"{sandbox.bc_api}/companies({b})/customers", params={"$filter": "currency/code eq 'TWB'"})
+    assert [c["id"] for c in filtered.json()["value"]] == [customer["id"]]
+    other = bc.get(f"{sandbox.bc_api}/companies({b})/customers", params={"$filter": "currency/code eq 'TWA'"})
+    assert other.status_code == 200 and other.json()["value"] == [], "A's currency row is not B's"

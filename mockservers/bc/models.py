@@ -372,7 +372,7 @@ class BCBackend:
                         raise ValueError(f"fixture {fixture}: unknown entity set {table['set']}")
                     for record in table.get("records", []):
                         key = record.get(entity.key)
-                        if key and self.store.get(conn, entity, parse_guid(key)) is not None:
+                        if key and self.store.get(conn, entity, parse_guid(key), company["id"]) is not None:
                             continue
                         self.create(conn, entity, company["id"], record)
                         counts[table["set"]] = counts.get(table["set"], 0) + 1

@@ -318,12 +318,19 @@ class QueryRunner:
                     for r in rows
                     if r.get(nav.via) and (not nav.discriminator or r.get(nav.discriminator) == nav.discriminator_value)
                 }
+                # Scoped on both sides (BC companies): a reference resolves within the row's own scope.
+                scoped = bool(entity.scope_property and target.scope_property)
                 targets: dict[Any, Row] = {}
                 if wanted:
-                    stmt = self.base_select(target, item.options, [table.c[target.key].in_(wanted)])
+                    conds = [table.c[target.key].in_(wanted)]
+                    if scoped:
+                        conds.append(table.c[target.scope_property].in_({r[entity.scope_property] for r in rows}))
+                    stmt = self.base_select(target, item.options, conds)
                     children = [dict(r) for r in conn.execute(stmt).mappings()]
                     self.expand(conn, target, children, item.options.expand)
-                    targets = {c[target.key]: c for c in children}
+                    targets = {((c[target.scope_property], c[target.key]) if scoped else c[target.key]): c
+                               for c in children}
                 for row in rows:
                     matches = not nav.discriminator or row.get(nav.discriminator) == nav.discriminator_value
-                    row[item.name] = targets.get(row.get(nav.via)) if matches else None
+                    wanted_key = (row[entity.scope_property], row.get(nav.via)) if scoped else row.get(nav.via)
+                    row[item.name] = targets.get(wanted_key) if matches else None

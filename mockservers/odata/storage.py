@@ -187,11 +187,14 @@ class Store:
         for entity in self.schema:
             columns = []
             for prop in entity.properties:
+                # A scoped entity (BC: one table per company) is keyed by (scope, key): the same id
+                # may exist in two companies.
+                in_key = prop.name == entity.key or prop.name == entity.scope_property
                 col = sa.Column(
                     prop.name,
                     _column_type(prop.type, prop.max_length, self.dialect),
-                    primary_key=prop.name == entity.key,
-                    nullable=prop.name != entity.key,
+                    primary_key=in_key,
+                    nullable=not in_key,
                 )
                 columns.append(col)
             table = sa.Table(entity.table_name, self.metadata, *columns)
@@ -258,6 +261,8 @@ class Store:
             else:
                 tgt_key = tgt.c[target_entity.key]
                 cond = foreign(src.c[nav.via]) == (remote(tgt_key) if self_ref else tgt_key)
+                if entity.scope_property and target_entity.scope_property and not self_ref:
+                    cond = sa.and_(cond, foreign(src.c[entity.scope_property]) == tgt.c[target_entity.scope_property])
                 if nav.discriminator:
                     cond = sa.and_(cond, src.c[nav.discriminator] == nav.discriminator_value)
                 props[nav.name] = relationship(
@@ -366,7 +371,7 @@ class Store:
         values = dict(values)
         if entity.scope_property and scope is not None:
             values[entity.scope_property] = scope
-        if self.get(conn, entity, values[entity.key]) is not None:
+        if self.get(conn, entity, values[entity.key], scope) is not None:
             raise AlreadyExists("A record with matching key values already exists.")
         self._check_alternate_keys(conn, entity, values, None, scope)
         self._stamp(entity, values, conn, creating=True)
