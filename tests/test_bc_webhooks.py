@@ -171,7 +171,7 @@ def test_create_performs_handshake_then_returns_subscription(hooks: Webhooks, re
     tag = re.fullmatch(r'W/"([A-Za-z0-9+/=]+)"', sub["@odata.etag"])
     assert tag and re.fullmatch(r"'\d+;\d+1;00;'", base64.b64decode(tag.group(1)).decode())
     assert hooks.etag(sub) == sub["@odata.etag"] == hooks.etag({"subscriptionId": sub["subscriptionId"]})
-    assert hooks.list() == [sub]
+    assert hooks.list_subscriptions() == [sub]
 
 
 def test_timestamps_keep_milliseconds(engine: sa.Engine, receiver: Receiver) -> None:
@@ -192,7 +192,7 @@ def test_failed_handshake_stores_nothing(hooks: Webhooks, receiver: Receiver, mo
     err = expect_error(400, "BadRequest", hooks.create,
                        {"notificationUrl": url, "resource": CUSTOMERS}, user_id=USER)
     assert err.message.startswith("The subscription could not be validated.")
-    assert hooks.list() == []
+    assert hooks.list_subscriptions() == []
     if mode != "unreachable":
         assert len(receiver.handshakes) == 1
 
@@ -225,7 +225,7 @@ def test_invalid_create_bodies_are_rejected_before_any_handshake(
         body = {**body, "notificationUrl": receiver.url()}
     expect_error(400, code, hooks.create, body, user_id=USER)
     assert receiver.handshakes == []
-    assert hooks.list() == []
+    assert hooks.list_subscriptions() == []
 
 
 def test_client_state_of_2048_characters_is_accepted(hooks: Webhooks, receiver: Receiver) -> None:
@@ -236,7 +236,7 @@ def test_unsupported_entity_set_is_rejected(engine: sa.Engine, clock: FakeClock,
     hooks = make_hooks(engine, clock, supported_resource=lambda name: name != "contacts")
     err = expect_error(400, "BadRequest", subscribe, hooks, receiver, f"/api/v2.0/companies({COMPANY})/contacts")
     assert "contacts" in err.message
-    assert receiver.handshakes == [] and hooks.list() == []
+    assert receiver.handshakes == [] and hooks.list_subscriptions() == []
     assert subscribe(hooks, receiver)["resource"] == CUSTOMERS
 
 
@@ -246,7 +246,7 @@ def test_subscription_limit(engine: sa.Engine, clock: FakeClock, receiver: Recei
     subscribe(hooks, receiver)
     err = expect_error(400, "BadRequest", subscribe, hooks, receiver)
     assert "2" in err.message
-    assert len(hooks.list()) == 2
+    assert len(hooks.list_subscriptions()) == 2
     assert len(receiver.handshakes) == 2
 
 
@@ -282,7 +282,7 @@ def test_get_and_list(hooks: Webhooks, receiver: Receiver) -> None:
     one = subscribe(hooks, receiver)
     two = subscribe(hooks, receiver, f"/api/v2.0/companies({COMPANY})/vendors")
     assert hooks.get(one["subscriptionId"]) == one
-    assert {s["subscriptionId"] for s in hooks.list()} == {one["subscriptionId"], two["subscriptionId"]}
+    assert {s["subscriptionId"] for s in hooks.list_subscriptions()} == {one["subscriptionId"], two["subscriptionId"]}
     err = expect_error(404, "BadRequest_ResourceNotFound", hooks.get, "0" * 32)
     assert err.message == "Resource not found for the segment 'subscriptions'."
 
@@ -352,7 +352,7 @@ def test_delete(hooks: Webhooks, receiver: Receiver) -> None:
     expect_error(409, "Request_EntityChanged", hooks.delete, one["subscriptionId"], 'W/"JzE7OTk5MTswMDsn"')
     hooks.delete(one["subscriptionId"], one["@odata.etag"])
     hooks.delete(two["subscriptionId"], None)  # like BC entity deletes: If-Match checked only when sent
-    assert hooks.list() == []
+    assert hooks.list_subscriptions() == []
     expect_error(404, "BadRequest_ResourceNotFound", hooks.get, one["subscriptionId"])
 
 
@@ -511,7 +511,7 @@ def test_exhausted_retries_delete_the_subscription(engine: sa.Engine, clock: Fak
     assert hooks.flush() == 1
     assert len(receiver.notifications) == 3
     expect_error(404, "BadRequest_ResourceNotFound", hooks.get, sub["subscriptionId"])
-    assert [s["subscriptionId"] for s in hooks.list()] == [keep["subscriptionId"]]
+    assert [s["subscriptionId"] for s in hooks.list_subscriptions()] == [keep["subscriptionId"]]
     assert hooks.pending() == 0
 
 
@@ -541,14 +541,14 @@ def test_expired_subscription_gets_nothing_and_is_removed(hooks: Webhooks, recei
     assert hooks.flush() == 1
     [note] = receiver.notifications
     assert note["path"] == "/later"
-    assert [s["subscriptionId"] for s in hooks.list()] == [later["subscriptionId"]]
+    assert [s["subscriptionId"] for s in hooks.list_subscriptions()] == [later["subscriptionId"]]
     expect_error(404, "BadRequest_ResourceNotFound", hooks.get, queued["subscriptionId"])
 
     clock.advance(60)                                    # now `later` has expired too
     change(hooks, REC_B, "updated", clock.now)
     clock.advance(5)
     assert hooks.flush() == 0
-    assert hooks.list() == []
+    assert hooks.list_subscriptions() == []
     assert len(receiver.notifications) == 1
 
 
@@ -571,14 +571,14 @@ def test_subscriptions_survive_a_new_instance(engine: sa.Engine, clock: FakeCloc
     first = make_hooks(engine, clock)
     sub = subscribe(first, receiver)
     second = make_hooks(engine, clock)
-    assert second.list() == [sub]
+    assert second.list_subscriptions() == [sub]
     assert second.get(sub["subscriptionId"]) == sub
     change(second, REC_A, "created", START)
     clock.advance(5)
     assert second.flush() == 1
     assert receiver.bodies()[0][0]["subscriptionId"] == sub["subscriptionId"]
     second.delete(sub["subscriptionId"], second.etag(sub))
-    assert first.list() == []
+    assert first.list_subscriptions() == []
 
 
 def test_record_change_rejects_unknown_change_type(hooks: Webhooks) -> None:

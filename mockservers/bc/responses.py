@@ -249,7 +249,7 @@ class BCService:
             if len(rest) > 1:
                 raise exc.resource_not_found(rest[1].name)
             if req.method == "GET":
-                return self.list(req, entity, company, context_base)
+                return self.list_records(req, entity, company, context_base)
             if req.method == "POST":
                 return self.create(req, entity, company, context_base, location_base)
             raise exc.method_not_allowed(req.method, entity.set_name)
@@ -288,7 +288,7 @@ class BCService:
     def _page_size(self, req: Request) -> tuple[int, bool]:
         return parse_max_page_size(parse_prefer(req.headers), self.max_page_size)
 
-    def list(self, req: Request, entity: EntityType, company: Company, context_base: str) -> Result:
+    def list_records(self, req: Request, entity: EntityType, company: Company, context_base: str) -> Result:
         opts = self._options(req, entity)
         page_size, preferred = self._page_size(req)
         token = req.args.get("$skiptoken")
@@ -437,7 +437,7 @@ class BCService:
         context = f"{root_url}/$metadata#subscriptions"
         if head.key is None:
             if req.method == "GET":
-                return self._json(200, {"@odata.context": context, "value": hooks.list()})
+                return self._json(200, {"@odata.context": context, "value": hooks.list_subscriptions()})
             if req.method == "POST":
                 body = self._body(req)
                 self._check_subscription_company(body)

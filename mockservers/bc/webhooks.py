@@ -370,7 +370,7 @@ class Webhooks:
             conn.execute(subscription_table.insert().values(**row))
         return self._serialize(row)
 
-    def list(self) -> list[dict]:
+    def list_subscriptions(self) -> list[dict]:
         with self._lock, self.engine.connect() as conn:
             rows = conn.execute(sa.select(subscription_table).order_by(subscription_table.c.created_at,
                                                                        subscription_table.c.subscription_id))

@@ -221,7 +221,7 @@ class DataverseService:
                 return self.bulk(req, entity, action)
             raise exc.segment_not_found(rest[0].name)
         if req.method == "GET":
-            return self.list(req, entity)
+            return self.list_records(req, entity)
         if req.method == "POST":
             return self.create(req, entity)
         raise DataverseError(405, "", f"The requested resource does not support http method '{req.method}'.")
@@ -231,7 +231,7 @@ class DataverseService:
             n = min(self.backend.count(conn, entity), COUNT_LIMIT)
         return Result(200, [("Content-Type", "text/plain")], ("\ufeff" + str(n)).encode("utf-8"))
 
-    def list(self, req: Request, entity: EntityType) -> Result:
+    def list_records(self, req: Request, entity: EntityType) -> Result:
         prefs = parse_prefer(req.headers)
         if "$deltatoken" in req.args:
             return self.delta(req, entity)
