@@ -16,6 +16,8 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from mockservers.bc.models import BCBackend
+
 if TYPE_CHECKING:
     from tests.conftest import RunningSandbox
 
@@ -141,6 +143,11 @@ def test_currency_code_and_id_are_kept_in_step(
     assert cleared["currencyId"] == ZERO and cleared["currencyCode"] == "USD"
 
 
+def parse_time(text: str) -> datetime:
+    """BC's timestamps trim trailing zeros of the milliseconds (".12Z", ".1Z", "Z"): compare them parsed."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 # -- PATCH / DELETE / GET ----------------------------------------------------------------------------------
 def test_patch_returns_200_with_a_new_etag_and_persists(
         sandbox: RunningSandbox, bc: requests.Session, company: str) -> None:
@@ -154,7 +161,7 @@ def test_patch_returns_200_with_a_new_etag_and_persists(
     assert body["@odata.context"].endswith("/customers/$entity")
     assert body["@odata.etag"] != created["@odata.etag"]
     assert body["city"] == "Munich" and body["creditLimit"] == 1234.5 and body["displayName"] == "Patch Me"
-    assert body["lastModifiedDateTime"] >= created["lastModifiedDateTime"]
+    assert parse_time(body["lastModifiedDateTime"]) >= parse_time(created["lastModifiedDateTime"])
     assert bc.get(url).json() == body | {"@odata.context": body["@odata.context"]}
     row = stored(sandbox, "customers", created["id"])
     assert row["city"] == "Munich" and float(row["creditLimit"]) == 1234.5
@@ -352,3 +359,24 @@ def test_malformed_custom_api_routes_are_not_found(sandbox: RunningSandbox, bc: 
     resp = bc.get(sandbox.bc_api.replace("/api/v2.0", path))
     assert resp.status_code == 404
     assert resp.json()["error"]["code"].startswith("BadRequest_")
+
+
+def test_number_series_starts_at_10_and_steps_by_10_per_company_and_prefix() -> None:
+    """BC's default series (CUST: C00010, C00020, …): the first number, the step, the width kept past the
+    highest number in use, and each company and each prefix on its own series."""
+    backend = BCBackend("sqlite://")
+    first, second = list(backend.companies)[:2]
+    customers, vendors = backend.entity("customer"), backend.entity("vendor")
+
+    def new(entity, company: str, **body: str) -> str:
+        with backend.store.write() as conn:
+            return backend.create(conn, entity, company, {"displayName": "Series", **body})["number"]
+
+    assert [new(customers, first) for _ in range(3)] == ["C00010", "C00020", "C00030"]
+    assert new(customers, second) == "C00010", "another company has its own series"
+    assert new(vendors, first) == "V00010", "another table has its own prefix"
+    assert new(customers, first, number="C00995") == "C00995"
+    assert new(customers, first, number="CUSTOM-7") == "CUSTOM-7"
+    assert new(customers, first) == "C01005", "the series continues 10 after the highest number in use"
+    assert new(customers, first, number="C0999999") == "C0999999"
+    assert new(customers, first) == "C1000009", "a longer number in use wins, and its width is kept"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -143,7 +144,7 @@ def test_update(sdk: DataverseClient, dv: requests.Session, sandbox: RunningSand
     assert after["name"] == name  # untouched columns keep their value
     assert after["versionnumber"] > before["versionnumber"]
     assert after["@odata.etag"] != before["@odata.etag"]
-    assert after["modifiedon"] >= before["modifiedon"]
+    assert datetime.fromisoformat(after["modifiedon"]) >= datetime.fromisoformat(before["modifiedon"])
     assert after["_modifiedby_value"] == caller_id(dv, sandbox)
 
 
