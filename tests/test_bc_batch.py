@@ -1,4 +1,5 @@
-"""BC JSON `$batch` (reference §5): per-request statuses, company addressing, `Isolation: snapshot`.
+"""BC JSON `$batch`: per-request statuses, company addressing, `Isolation: snapshot`
+(https://learn.microsoft.com/dynamics365/business-central/dev-itpro/webservices/use-odata-batch).
 
 State is checked in the store after each batch: an atomic batch with one failure leaves no trace,
 a plain one keeps what succeeded before (and after) the failure.

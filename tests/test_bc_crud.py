@@ -1,4 +1,5 @@
-"""BC API v2.0 CRUD, serialization and URL forms (reference §1-§3) over real HTTPS with real tokens.
+"""BC API v2.0 CRUD, serialization and URL forms over real HTTPS with real tokens
+(https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/).
 
 Each test writes its own records in CRONUS USA (first company), checks the wire answer (status,
 headers, body) and, where it matters, the row in the store behind the API.

@@ -1,4 +1,5 @@
-"""The BC API v2.0 error table (reference §3) and the If-Match rules, over real HTTPS with real tokens.
+"""The BC API v2.0 error table (https://learn.microsoft.com/dynamics365/business-central/dev-itpro/webservices/dynamics-error-codes) and the If-Match rules, over real
+HTTPS with real tokens.
 
 One table-driven test walks every applicable row: the request, the documented status, the `code`
 in the `{"error": {"code", "message"}}` envelope, a fragment of the message, the

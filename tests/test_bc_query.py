@@ -1,4 +1,5 @@
-"""BC API v2.0 query options and server paging (reference §4), checked against direct SQL on the store.
+"""BC API v2.0 query options and server paging, checked against direct SQL on the store
+(https://learn.microsoft.com/dynamics365/business-central/dev-itpro/webservices/use-filter-expressions-in-odata-uris, https://learn.microsoft.com/dynamics365/business-central/dev-itpro/administration/operational-limits-online).
 
 The oracle for every case is a SQLAlchemy statement on the customers table scoped by the hidden
 companyId column, written independently of the `$filter` translation under test.

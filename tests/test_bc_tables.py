@@ -1,6 +1,7 @@
 """The Business Central entity declarations and the default BC fixture set.
 
-Property lists, lengths and enum members are the ones the BC API v2.0 reference (§2) lists; the
+Property lists, lengths and enum members are the ones the BC API v2.0 reference lists
+(https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/resources/dynamics_customer and its siblings); the
 fixture is checked the way the BC API would check a client's POST, and its match-based-coupling notes
 are recomputed against the Dataverse fixture so the designed cases really hold.
 """
@@ -141,7 +142,7 @@ def test_company_is_a_read_only_root_entity(schema: Schema) -> None:
     assert entity_info(company).read_only and entity_info(company).caption == "Company"
 
 
-# Property tables from the reference, §2: name, EDM type, max length, kind, read-only.
+# Property tables from the API v2.0 resource pages: name, EDM type, max length, kind, read-only.
 S, G, D, B, DT, DA = Edm.String, Edm.Guid, Edm.Decimal, Edm.Boolean, Edm.DateTimeOffset, Edm.Date
 ADDRESS = [
     ("addressLine1", S, 100, "Text", False), ("addressLine2", S, 50, "Text", False),

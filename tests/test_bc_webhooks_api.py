@@ -1,4 +1,5 @@
-"""BC webhooks end to end (reference §6): subscribe through the real HTTPS API, change records through it,
+"""BC webhooks end to end (https://learn.microsoft.com/dynamics365/business-central/dev-itpro/api-reference/v2.0/dynamics-subscriptions): subscribe through the real
+HTTPS API, change records through it,
 and watch what a real local receiver gets.
 
 The sandbox waits 0.2 s after a change before it sends (conftest), so every wait here is a bounded poll.

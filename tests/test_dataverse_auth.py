@@ -1,4 +1,4 @@
-"""Dataverse authentication over real HTTPS with real JWTs (reference §5.3, §9).
+"""Dataverse authentication over real HTTPS with real JWTs (https://learn.microsoft.com/power-apps/developer/data-platform/authenticate-oauth).
 
 Every bad token gets 401 with the bearer challenge Dataverse sends (`authorization_uri` of the
 tenant's authorize endpoint, `resource_id` = the org URL) and a JSON error envelope; a valid token

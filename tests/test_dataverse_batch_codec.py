@@ -1,7 +1,8 @@
 """The Dataverse $batch codec: parsing what real clients send, executing, and replying.
 
-Reference: shared/reference/dataverse-webapi.md §6 ($batch), §11.2 (PowerPlatform-Dataverse-Client
-request bytes and response parser), §5.2 (error envelope).
+Batch requests: https://learn.microsoft.com/power-apps/developer/data-platform/webapi/execute-batch-operations-using-web-api; the bytes
+PowerPlatform-Dataverse-Client (https://pypi.org/project/PowerPlatform-Dataverse-Client/) sends and parses;
+the error envelope of https://learn.microsoft.com/power-apps/developer/data-platform/webapi/compose-http-requests-handle-errors.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ ROOT = f"{ORG}/api/data/v9.2"
 BATCH = "batch_119a5dc0-5b8e-4d7e-9a39-0d3c1b2f4a10"
 CHANGESET = "changeset_d721802f-3c0a-4a55-8f6c-7a1e2b9d0c44"
 
-# §11.2: the exact body PowerPlatform-Dataverse-Client 1.1.0 sends (placeholders filled in).
+# The exact body PowerPlatform-Dataverse-Client 1.1.0 sends (placeholders filled in).
 SDK_BODY_CRLF = (
     f"--{BATCH}\r\n"
     "Content-Type: application/http\r\n"

@@ -1,4 +1,5 @@
-"""Dataverse Web API writes and documents, one scenario per documented behaviour (reference §1–§8).
+"""Dataverse Web API writes and documents, one scenario per documented behaviour
+(https://learn.microsoft.com/power-apps/developer/data-platform/webapi/overview).
 
 Each scenario asserts the status, the headers, the body and the state the server keeps afterwards
 (read back through the API, and where it matters straight from the SQL store).

@@ -1,4 +1,5 @@
-"""The Dataverse error table (reference §5.2) over real HTTPS, plus the concurrency and paging limits.
+"""The Dataverse errors over real HTTPS, plus the concurrency and paging limits
+(https://learn.microsoft.com/power-apps/developer/data-platform/webapi/compose-http-requests-handle-errors, https://learn.microsoft.com/power-apps/developer/data-platform/reference/web-service-error-codes).
 
 One table-driven test walks every applicable row: the request, the documented status, the `code`
 in the `{"error": {...}}` envelope and a fragment of the message. Every row is a failing request
@@ -74,7 +75,7 @@ def assert_envelope(body: Any) -> dict[str, str]:
 # -- the table -------------------------------------------------------------------------------------
 @dataclass
 class Row:
-    """One situation of the §5.2 table. Strings may hold {acct}, {number}, {other_number}, {missing}."""
+    """One situation of the error table. Strings may hold {acct}, {number}, {other_number}, {missing}."""
 
     situation: str
     method: str

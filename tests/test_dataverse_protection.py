@@ -1,6 +1,6 @@
 """Service protection, the request journal and fault injection on the running Dataverse sandbox.
 
-Reference dataverse-webapi.md §5.4: per user, 6000 requests in a 300 s sliding window, then 429 with
+Service protection limits (https://learn.microsoft.com/power-apps/developer/data-platform/api-limits): per user, 6000 requests in a 300 s sliding window, then 429 with
 ``Retry-After`` and error code ``0x80072322``; ``x-ms-ratelimit-burst-remaining-xrm-requests`` tells the
 caller what is left; a ``$batch`` counts as one request. Everything here goes over real HTTPS with real
 tokens; only the control API (``/_sandbox``) is used to lower limits, read the journal and switch faults.

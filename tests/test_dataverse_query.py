@@ -1,4 +1,4 @@
-"""Dataverse queries over real HTTPS against the seeded org (reference §4).
+"""Dataverse queries over real HTTPS against the seeded org (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/query/overview).
 
 Expected results never come from the code under test: each case reads the table straight from the
 SQL store and applies an independent Python predicate, ordering or grouping to those rows.

@@ -2,7 +2,7 @@
 
 The client is ``PowerPlatform.Dataverse.DataverseClient`` with azure-identity's ``ClientSecretCredential``
 pointed at the mock Entra ID (instance discovery off) and ``REQUESTS_CA_BUNDLE`` = the sandbox CA, exactly
-as a user would configure it (reference dataverse-webapi.md §11). Every test then reads the state the
+as a user would configure it (https://pypi.org/project/PowerPlatform-Dataverse-Client/). Every test then reads the state the
 server kept through a plain ``requests`` session (``dv``) or the request journal, so a test passes only
 when the server really did what the SDK asked, not merely when the SDK returned without error.
 """
@@ -23,7 +23,7 @@ from PowerPlatform.Dataverse.models.upsert import UpsertItem
 from tests.conftest import RunningSandbox
 
 NOT_FOUND_CODE = "0x80040217"
-INVALID_BODY_CODE = "0x0"  # §5.2: unknown property in a POST/PATCH body
+INVALID_BODY_CODE = "0x0"  # an unknown property in a POST/PATCH body
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The /_sandbox control API: admin token, reset, seed, journal, faults, limits, counters, health.
 
-Reference: shared/DESIGN.md "Control API" (reset, seed, journal, faults, limits, counters; own admin
-token) and "Rules that keep it safe" (bad input gets a clear 4xx, never a 500).
+The README's "Control API" (reset, seed, journal, faults, limits, counters; own admin token); bad
+input gets a clear 4xx, never a 500.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Request journal and fault injection, over real HTTP on a threaded werkzeug server.
 
-Reference: shared/DESIGN.md "Control API" (journal: method, path, query, status, duration, body size;
-faults: latency, error rate, 429 with Retry-After, connection drop); peers-and-libraries.md 2.3/2.5
-(WireMock-style journal and faults).
+The README's "Control API" (journal: method, path, query, status, duration, body size; faults:
+latency, error rate, 429 with Retry-After, connection drop), in the manner of WireMock's request
+journal and fault simulation (https://wiremock.org/docs/simulating-faults/).
 """
 
 from __future__ import annotations

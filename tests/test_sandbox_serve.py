@@ -1,6 +1,6 @@
 """`mockservers serve` as users run it: the real console script in a subprocess on free ports.
 
-Proves the lifecycle promises of DESIGN.md "Runtime picture" and issue 2: sandbox.json carries every
+Proves the lifecycle promises of the README ("sandbox.json") and issue 2: sandbox.json carries every
 key of the public contract with the right types, `ca_bundle` is null without --tls, the data and the
 admin token survive a restart on the same data dir (SQLite file in it; re-seeding adds no duplicates),
 SIGTERM and Ctrl+C stop it cleanly, and bad input gives a readable error with a non-zero exit and no
@@ -155,7 +155,7 @@ def count_accounts(dv: requests.Session, api: str) -> int:
 
 
 def assert_contract(info: dict[str, Any], *, tls: bool) -> None:
-    """Every key DESIGN.md promises in sandbox.json, with its type and shape."""
+    """Every key the README promises in sandbox.json, with its type and shape."""
     scheme = "https://" if tls else "http://"
     assert isinstance(info["tenant_id"], str)
     uuid.UUID(info["tenant_id"])

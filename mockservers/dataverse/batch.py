@@ -10,7 +10,8 @@ Three steps, each usable on its own:
   (``$1`` in URLs, ``"$1"`` in ``@odata.bind`` / ``@odata.id`` values) within a changeset.
 * :func:`render_batch_response` writes the ``batchresponse_<uuid>`` multipart reply (CRLF).
 
-Choices where the public documentation is silent (see reference §6):
+Choices where the public documentation
+(https://learn.microsoft.com/power-apps/developer/data-platform/webapi/execute-batch-operations-using-web-api) is silent:
 
 * A failed changeset is answered with the failing request's response only, as a plain
   ``application/http`` part (not a nested ``changesetresponse``), carrying that request's
