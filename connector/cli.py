@@ -29,12 +29,12 @@ from rich.progress import (
 from rich.table import Table
 from sqlalchemy import select
 
-from . import __version__
+from . import __version__, schedule
 from . import config as config_module
 from .clients import ClientError
 from .coupling import couple, create_in_dataverse, uncouple
 from .errors_page import ErrorsPage
-from .jobs import Outcome
+from .jobs import COUNTERS, JobLog, Outcome
 from .mappings.setup import MappingError, find_field, install_defaults, set_field, set_mapping
 from .mappings.tables import bc_entity
 from .runtime import Connector, ConnectorError
@@ -155,20 +155,19 @@ def _progress(as_json: bool, description: str, total: int | None) -> Iterator[Ca
 def _print_outcome(outcome: Outcome) -> None:
     for job in outcome.jobs:
         counts = job.snapshot()
-        shown = ", ".join(f"{k} {v}" for k, v in counts.items() if k != "id" and v)
-        out.print(f"{job.mapping_name} job {job.id}: {shown or 'nothing to do'}")
+        shown = ", ".join(f"{k} {counts[k]}" for k in COUNTERS if counts[k])
+        label = "dry run" if not job.persist else f"job {job.id}"
+        out.print(f"{job.mapping_name} {job.direction.value} {label}: {shown or 'nothing to do'}")
+        for line in job.plan:
+            out.print(f"  {line}")
         for line in _job_errors(job):
             out.print(f"  [red]error[/red] {line}")
     for note in outcome.notes:
         out.print(f"  note: {note}")
 
 
-def _job_errors(job: Any) -> list[str]:
-    from .store import JobError
-
-    with job.state.session() as session:
-        return [f"{e.source}: {e.message}" for e in session.scalars(
-            select(JobError).where(JobError.job_id == job.id).order_by(JobError.id).limit(20))]
+def _job_errors(job: JobLog) -> list[str]:
+    return job.messages[:20]
 
 
 def _outcome_payload(outcome: Outcome) -> dict[str, Any]:
@@ -496,6 +495,21 @@ def uncouple_command(ctx: click.Context, mapping_name: str, keys: tuple[str, ...
         mapping = cx.mapping(mapping_name)
         with _progress(as_json, f"uncoupling {mapping.name}", None) as advance:
             outcome = uncouple(cx, mapping, selected, progress=advance)
+        payload = _outcome_payload(outcome)
+    _emit(as_json, payload, lambda: _print_outcome(outcome))
+
+
+@main.command("run")
+@click.option("--mapping", "mapping_names", multiple=True, help="Only this mapping (repeatable); default: all.")
+@click.option("--dry-run", is_flag=True, help="Print what would be inserted, modified, skipped or failed; change nothing.")
+@json_option
+@click.pass_context
+@_fail_cleanly
+def run_command(ctx: click.Context, mapping_names: tuple[str, ...], dry_run: bool, as_json: bool) -> None:
+    """Scheduled synchronization: every mapping in dependency order, To pass then From pass."""
+    with _connector(ctx) as cx:
+        with _progress(as_json, "synchronizing", None) as advance:
+            outcome = schedule.run(cx, list(mapping_names) or None, dry_run=dry_run, progress=advance)
         payload = _outcome_payload(outcome)
     _emit(as_json, payload, lambda: _print_outcome(outcome))
 

@@ -34,22 +34,31 @@ class RecordRef:
 
 
 class JobLog:
-    def __init__(self, state: State, mapping_name: str, job_type: JobType, direction: Direction) -> None:
+    """A job's counters and errors; with ``persist=False`` (a dry run) nothing reaches the state."""
+
+    def __init__(self, state: State, mapping_name: str, job_type: JobType, direction: Direction, *,
+                 persist: bool = True) -> None:
         self.state = state
         self.id = str(uuid.uuid4())
         self.mapping_name = mapping_name
+        self.direction = direction
+        self.persist = persist
         self.counts: Counter[str] = Counter()
         self._errors: list[JobError] = []
+        self.messages: list[str] = []  # every error message of this job, for callers that show them
+        self.plan: list[str] = []  # what a dry run would do, one line per record
         self.message: str | None = None
-        with state.session() as session:
-            session.add(SyncJob(id=self.id, mapping_name=mapping_name, type=job_type, direction=direction,
-                                started_at=utcnow()))
+        if persist:
+            with state.session() as session:
+                session.add(SyncJob(id=self.id, mapping_name=mapping_name, type=job_type, direction=direction,
+                                    started_at=utcnow()))
 
     def count(self, counter: str, n: int = 1) -> None:
         assert counter in COUNTERS, counter
         self.counts[counter] += n
 
     def error(self, ref: RecordRef, source: str, destination: str | None, message: str) -> None:
+        self.messages.append(f"{source}: {message}")
         self._errors.append(JobError(job_id=self.id, mapping_name=self.mapping_name, bc_entity=ref.bc_entity,
                                      bc_id=ref.bc_id, dataverse_table=ref.dataverse_table,
                                      dataverse_id=ref.dataverse_id, source=source[:250],
@@ -57,6 +66,9 @@ class JobLog:
                                      message=message[:2048], created_at=utcnow()))
 
     def flush(self, *, finished: bool = False) -> None:
+        if not self.persist:
+            self._errors = []
+            return
         with self.state.session() as session:
             job = session.get(SyncJob, self.id)
             assert job is not None
@@ -73,8 +85,13 @@ class JobLog:
             self.message = message
         self.flush(finished=True)
 
-    def snapshot(self) -> dict[str, int | str]:
-        return {"id": self.id, **{name: self.counts[name] for name in COUNTERS}}
+    def snapshot(self) -> dict[str, Any]:
+        snapshot: dict[str, Any] = {"id": self.id, "direction": self.direction.value,
+                                    **{name: self.counts[name] for name in COUNTERS}}
+        if not self.persist:
+            snapshot["dry_run"] = True
+            snapshot["plan"] = list(self.plan)
+        return snapshot
 
 
 def previous_error(state: State, job_id: str | None, ref: RecordRef) -> str | None:

@@ -38,6 +38,7 @@ class Connector:
     bc: BCClient
     _company: Company | None = field(default=None, repr=False)
     _lcy: tuple[str | None] | None = field(default=None, repr=False)
+    _integration_user: str | None = field(default=None, repr=False)
 
     @classmethod
     def open(cls, config: Config) -> Connector:
@@ -109,6 +110,12 @@ class Connector:
                 select=["transactioncurrencyid"]))
             self._lcy = (rows[0]["transactioncurrencyid"] if rows else None,)
         return self._lcy[0]
+
+    def integration_user_id(self) -> str:
+        """The Dataverse user the connector acts as (its application user): rows it wrote carry it."""
+        if self._integration_user is None:
+            self._integration_user = str(self.dataverse.who_am_i()["UserId"]).lower()
+        return self._integration_user
 
     def requests_sent(self) -> dict[str, Any]:
         return {"dataverse": self.dataverse.core.requests_sent, "bc": self.bc.core.requests_sent}

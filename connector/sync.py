@@ -143,6 +143,7 @@ class Item:
     both_modified: bool = False
     message: str | None = None
     written: dict[str, Any] | None = None  # the destination as it was after the write
+    clear_company: bool = False  # Remove Coupling in a From pass: the surviving row loses our company id
     retried: bool = False
     keep_pending: bool = False
     decoupled: bool = False  # coupled just now to an existing row with the same natural key
@@ -152,7 +153,8 @@ class Pass:
     """One direction of one mapping over a stream of source records."""
 
     def __init__(self, cx: Connector, mapping: TableMapping, direction: Direction, job: JobLog, options: Options,
-                 *, resolver: Resolver | None = None, progress: Callable[[int], None] | None = None) -> None:
+                 *, resolver: Resolver | None = None, progress: Callable[[int], None] | None = None,
+                 dry_run: bool = False) -> None:
         if direction is Direction.BIDIRECTIONAL:
             raise ValueError("a pass runs in one direction")
         self.cx = cx
@@ -169,6 +171,7 @@ class Pass:
         self.latest_source_modified: datetime | None = None
         self._last_code: str | None = None
         self.rules = PairRules(cx, mapping.bc_entity, mapping.dataverse_table)
+        self.dry_run = dry_run
 
     # -- reading ------------------------------------------------------------------------------
     def dataverse_select(self) -> list[str]:
@@ -269,7 +272,8 @@ class Pass:
                 item.coupling = Coupling(bc_entity=self.mapping.bc_entity, bc_id=self._source_key(item.source),
                                          dataverse_table=self.mapping.dataverse_table,
                                          dataverse_id=str(row[self.table.key]).lower())
-                session.add(item.coupling)
+                if not self.dry_run:
+                    session.add(item.coupling)
                 item.destination, item.decoupled = row, True
 
     def _prefetch_lookups(self, items: list[Item]) -> None:
@@ -311,14 +315,16 @@ class Pass:
                 self._fail(item, f"The {self._source_caption()} record cannot be updated because it is coupled to "
                                  "a deleted record.")
                 return
-            if resolution is DeletionConflict.REMOVE_COUPLING:
-                self._uncouple_deleted(coupling)
+            self._uncouple_deleted(coupling)
+            if resolution is DeletionConflict.REMOVE_COUPLING:  # uncoupled, as Delete Coupling does (§6.2)
                 item.coupling, item.action = None, Action.UNCHANGED
+                item.clear_company = not self.to_dataverse and self.table.has_company
                 return
-            self._uncouple_deleted(coupling)  # Restore Records: a new destination, coupled afresh
-            item.coupling = None
+            item.coupling, restoring = None, True  # Restore Records: a new destination, coupled afresh
+        else:
+            restoring = False
         if item.coupling is None or item.coupling.pending:
-            if item.coupling is None and options.sync_only_coupled:
+            if item.coupling is None and options.sync_only_coupled and not restoring:
                 item.action = Action.IGNORE
                 return
             item.action = Action.INSERT
@@ -414,6 +420,8 @@ class Pass:
         return self.table.logical_name if self.to_dataverse else self.entity.caption
 
     def _uncouple_deleted(self, coupling: Coupling) -> None:
+        if self.dry_run:
+            return
         with self.cx.state.session() as session:
             session.execute(delete(Coupling).where(Coupling.id == coupling.id))
 
@@ -439,7 +447,7 @@ class Pass:
     def _pend(self, items: list[Item]) -> None:
         """Record the chosen ids of records about to be created, before creating them."""
         new = [i for i in items if i.action is Action.INSERT and i.coupling is None]
-        if not new:
+        if not new or self.dry_run:
             return
         with self.cx.state.session() as session:
             for item in new:
@@ -453,8 +461,13 @@ class Pass:
                 item.coupling = coupling
 
     def _write(self, items: list[Item], *, last_attempt: bool = False) -> None:
+        self._clear_company([i for i in items if i.clear_company])
         writes = [i for i in items if i.action in (Action.INSERT, Action.MODIFY, Action.FORCE_MODIFY)]
         if not writes:
+            return
+        if self.dry_run:  # decided, not sent: the plan is what a real run would write
+            for item in writes:
+                item.written = {}
             return
         self._pend(writes)
         ops = [self._op(i) for i in writes]
@@ -489,6 +502,25 @@ class Pass:
             self._fail(item, f"Modifying {self._destination_caption()} failed because of the following error: "
                              f"{error.message.rstrip('.')}.")
 
+    def _clear_company(self, items: list[Item]) -> None:
+        """The rows uncoupled by Remove Coupling no longer belong to this company (§6.2)."""
+        company = self.cx.company().dataverse_id if items else None
+        ours = [i for i in items
+                if str(i.source.get(lookup_value_name(DATAVERSE_COMPANY)) or "").lower() == company]
+        if not ours or self.dry_run:
+            return
+        ops = [BatchOp("PATCH", f"{self.table.set_name}({self._source_key(i.source)})",
+                       {f"{DATAVERSE_COMPANY}@odata.bind": None}, {"If-Match": "*"}) for i in ours]
+        try:
+            results = self.cx.dataverse.batch(ops)
+        except ClientError as error:
+            for item in ours:
+                item.message = f"The company id of the Dataverse row was not reset: {error}"
+            return
+        for item, result in zip(ours, results, strict=True):
+            if not result.ok and result.error is not None:
+                item.message = f"The company id of the Dataverse row was not reset: {result.error.message}"
+
     def _stamp_company_after_bc_insert(self, items: list[Item]) -> None:
         """A Dataverse row that created a BC record becomes this company's (§7.3)."""
         if not self.table.has_company:
@@ -512,6 +544,9 @@ class Pass:
 
     # -- recording ------------------------------------------------------------------------------
     def _record(self, items: list[Item]) -> None:
+        if self.dry_run:
+            self._record_plan(items)
+            return
         with self.cx.state.session() as session:
             for item in items:
                 action = item.action
@@ -531,6 +566,29 @@ class Pass:
                 if item.message:  # a follow-up step failed after the record itself was written
                     self.job.error(self._ref(item), self._label_source(item), self._label_destination(item),
                                    item.message)
+
+    def _record_plan(self, items: list[Item]) -> None:
+        """A dry run counts and describes; the state stays as it was."""
+        words = {Action.INSERT: "insert", Action.MODIFY: "modify", Action.FORCE_MODIFY: "modify",
+                 Action.UNCHANGED: "unchanged", Action.SKIP: "skip", Action.FAIL: "fail"}
+        for item in items:
+            if item.action is None or item.action is Action.IGNORE:
+                continue
+            counter = {Action.INSERT: "inserted", Action.UNCHANGED: "unchanged", Action.SKIP: "skipped",
+                       Action.FAIL: "failed"}.get(item.action, "modified")
+            self.job.count(counter)
+            line = f"{words[item.action]} {self._label_source(item)}"
+            destination = self._label_destination(item)
+            if destination and item.action is not Action.INSERT:
+                line += f" -> {destination}"
+            elif item.action is Action.INSERT:
+                line += " -> new " + (self.table.logical_name if self.to_dataverse else self.entity.caption)
+            if item.message:
+                line += f": {item.message}"
+                self.job.messages.append(f"{self._label_source(item)}: {item.message}")
+            if item.values and item.action in (Action.MODIFY, Action.FORCE_MODIFY):
+                line += " (" + ", ".join(sorted(k.removesuffix("@odata.bind") for k in item.values)) + ")"
+            self.job.plan.append(line)
 
     def _record_success(self, item: Item, coupling: Coupling) -> None:
         coupling.pending = False
