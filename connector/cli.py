@@ -37,6 +37,8 @@ from .errors_page import ErrorsPage
 from .jobs import COUNTERS, JobLog, Outcome
 from .mappings.setup import MappingError, find_field, install_defaults, set_field, set_mapping
 from .mappings.tables import bc_entity
+from .matching import match_couple
+from .records import bc_records
 from .runtime import Connector, ConnectorError
 from .store import (
     Coupling,
@@ -436,8 +438,6 @@ def create_in_dataverse_command(ctx: click.Context, mapping_name: str, keys: tup
     selected = _keys_or_all(keys, all_records)
     with _connector(ctx) as cx:
         mapping = cx.mapping(mapping_name)
-        from .records import bc_records
-
         records = (cx.bc.rows(mapping.bc_entity, select=bc_select(mapping)) if selected is None
                    else bc_records(cx, mapping, selected, bc_select(mapping)))
         with _progress(as_json, f"creating {mapping.name} rows in Dataverse", None if selected is None
@@ -495,6 +495,31 @@ def uncouple_command(ctx: click.Context, mapping_name: str, keys: tuple[str, ...
         mapping = cx.mapping(mapping_name)
         with _progress(as_json, f"uncoupling {mapping.name}", None) as advance:
             outcome = uncouple(cx, mapping, selected, progress=advance)
+        payload = _outcome_payload(outcome)
+    _emit(as_json, payload, lambda: _print_outcome(outcome))
+
+
+@main.command("match-couple")
+@click.argument("mapping_name", metavar="MAPPING")
+@click.argument("keys", nargs=-1)
+@click.option("--create-new/--no-create-new", default=None,
+              help="Create the unmatched records in Dataverse (default: the mapping's Create New in Case of No Match).")
+@click.option("--sync-after/--no-sync-after", default=None,
+              help="Synchronize the coupled pairs (default: the mapping's Synch. After Match-Based Coupling).")
+@click.option("--dry-run", is_flag=True, help="Print what would be coupled or created; change nothing.")
+@json_option
+@click.pass_context
+@_fail_cleanly
+def match_couple_command(ctx: click.Context, mapping_name: str, keys: tuple[str, ...], create_new: bool | None,
+                         sync_after: bool | None, dry_run: bool, as_json: bool) -> None:
+    """Match-Based Coupling: the named BC records, or all uncoupled ones in the mapping's table filter."""
+    with _connector(ctx) as cx:
+        mapping = cx.mapping(mapping_name)
+        records = (bc_records(cx, mapping, list(keys), bc_select(mapping)) if keys
+                   else cx.bc.rows(mapping.bc_entity, select=bc_select(mapping), filter=mapping.table_filter))
+        with _progress(as_json, f"matching {mapping.name}", len(keys) or None) as advance:
+            outcome = match_couple(cx, mapping, records, create_new=create_new, sync_after=sync_after,
+                                   dry_run=dry_run, progress=advance)
         payload = _outcome_payload(outcome)
     _emit(as_json, payload, lambda: _print_outcome(outcome))
 

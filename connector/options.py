@@ -69,7 +69,7 @@ class OptionPass:
         self.cx, self.mapping, self.job, self.progress = cx, mapping, job, progress
         self.field = code_field(mapping)
 
-    def run(self, records: Iterable[dict[str, Any]], *, insert_only: bool = False) -> None:
+    def run(self, records: Iterable[dict[str, Any]], *, insert_only: bool = False, insert_missing: bool = True) -> None:
         mapping = self.mapping
         attribute = mapping.option_attribute
         assert attribute is not None
@@ -86,6 +86,12 @@ class OptionPass:
                 continue
             try:
                 value = self._match(options, taken, code)
+                if value is None and not insert_missing:
+                    self.job.count("failed")
+                    self.job.error(RecordRef(mapping.bc_entity, bc_id, mapping.dataverse_table, None),
+                                   f"{bc_entity(mapping.bc_entity).caption} {code}", None,
+                                   f"No uncoupled option of {attribute} has the label {code!r}.")
+                    continue
                 if value is None:
                     value = insert_option(self.cx, mapping.dataverse_table, attribute, code)
                     options[value] = code
