@@ -29,7 +29,7 @@ from rich.progress import (
 from rich.table import Table
 from sqlalchemy import select
 
-from . import __version__, schedule
+from . import __version__, bulk_import, schedule
 from . import config as config_module
 from .clients import ClientError
 from .coupling import couple, create_in_dataverse, uncouple
@@ -520,6 +520,34 @@ def match_couple_command(ctx: click.Context, mapping_name: str, keys: tuple[str,
         with _progress(as_json, f"matching {mapping.name}", len(keys) or None) as advance:
             outcome = match_couple(cx, mapping, records, create_new=create_new, sync_after=sync_after,
                                    dry_run=dry_run, progress=advance)
+        payload = _outcome_payload(outcome)
+    _emit(as_json, payload, lambda: _print_outcome(outcome))
+
+
+@main.command("export")
+@click.argument("mapping_name", metavar="MAPPING")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@json_option
+@click.pass_context
+@_fail_cleanly
+def export_command(ctx: click.Context, mapping_name: str, path: Path, as_json: bool) -> None:
+    """Write a mapping's BC records to FILE (.csv or .xlsx): the "Open in Excel" step."""
+    with _connector(ctx) as cx:
+        count = bulk_import.export(cx, cx.mapping(mapping_name), path)
+    _emit(as_json, {"file": str(path), "records": count}, lambda: out.print(f"wrote {count} records to {path}"))
+
+
+@main.command("import")
+@click.argument("mapping_name", metavar="MAPPING")
+@click.argument("path", metavar="FILE", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Validate and print what would be imported and coupled; change nothing.")
+@json_option
+@click.pass_context
+@_fail_cleanly
+def import_command(ctx: click.Context, mapping_name: str, path: Path, dry_run: bool, as_json: bool) -> None:
+    """Bulk-insert FILE's rows into Dataverse (company id, type codes), then match-based coupling."""
+    with _connector(ctx) as cx:
+        outcome = bulk_import.import_file(cx, cx.mapping(mapping_name), path, dry_run=dry_run)
         payload = _outcome_payload(outcome)
     _emit(as_json, payload, lambda: _print_outcome(outcome))
 

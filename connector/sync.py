@@ -722,6 +722,10 @@ def synchronize_from_dataverse(cx: Connector, mapping: TableMapping, dataverse_i
     row = cx.dataverse.get(table.set_name, dataverse_id.strip("{}").lower(), select=dataverse_select(mapping))
     if row is None:
         raise ConnectorError(f"no {table.logical_name} row with id {dataverse_id}")
+    owner = str(row.get(lookup_value_name(DATAVERSE_COMPANY)) or "").lower() if table.has_company else ""
+    if owner and owner != cx.company().dataverse_id:  # §7.4: another company's rows are not ours to read
+        raise ConnectorError(f"{table.logical_name} {dataverse_id} belongs to another BC company (company id {owner}); "
+                             f"{cx.company().name} does not synchronize it.")
     with cx.state.session() as session:
         coupled = session.scalars(select(Coupling).where(
             Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_id == str(row[table.key]).lower(),

@@ -76,6 +76,16 @@ class DataverseClient:
             results.extend(decoded)
         return results
 
+    def upsert_multiple(self, set_name: str, logical_name: str, rows: list[dict[str, Any]],
+                        key: str | None = None) -> list[dict[str, Any]]:
+        """``UpsertMultiple``: one request, all rows or none; each row carries its primary key
+        (https://learn.microsoft.com/power-apps/developer/data-platform/bulk-operations)."""
+        key = key or f"{logical_name}id"
+        targets = [{"@odata.type": f"Microsoft.Dynamics.CRM.{logical_name}", "@odata.id": f"{set_name}({row[key]})",
+                    **{k: v for k, v in row.items() if k != key}} for row in rows]
+        answer = self.core.send("POST", f"{set_name}/Microsoft.Dynamics.CRM.UpsertMultiple", json={"Targets": targets})
+        return list(answer.json().get("Results", []))
+
     def upsert(self, set_name: str, key: str, body: dict[str, Any], *, if_match: str | None = None,
                if_none_match: str | None = None) -> dict[str, Any]:
         """PATCH one row and return its representation (create when absent unless ``if_match``)."""
