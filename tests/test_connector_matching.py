@@ -102,3 +102,34 @@ def test_case_sensitive_matching_compares_exactly(env: ConnectorEnv) -> None:
 def test_without_criteria_match_based_coupling_is_refused(env: ConnectorEnv) -> None:
     message = env.fail("match-couple", "VENDOR", "10000")
     assert "You must specify which fields on the table mapping 'VENDOR' should be used for match-based coupling." in message
+
+
+def test_match_based_coupling_reads_each_side_page_by_page_and_matches_in_memory(env: ConnectorEnv) -> None:
+    import math
+
+    bc, dv = env.sandbox.bc_session(), env.sandbox.session()
+    tag = uuid.uuid4().hex[:6]
+    n = 300
+    records = env.create_customers(bc, [f"Scale {tag} {i:03d}" for i in range(n)])
+    targets = [{"@odata.type": "Microsoft.Dynamics.CRM.account", "name": f"scale {tag} {i:03d}", "customertypecode": 3}
+               for i in range(0, n, 2)]  # half of them match, in another case
+    resp = dv.post(f"{env.sandbox.api}/accounts/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": targets})
+    assert resp.status_code == 200, resp.text
+    env.set_sync(page_size=100)
+    env.clear_journals()
+    try:
+        out = env.run("match-couple", "CUSTOMER", "--no-create-new")
+    finally:
+        env.set_sync(page_size=500)
+    job = out["jobs"][0]
+    assert job["coupled"] >= n // 2  # the fixture's own customers whose names match are coupled too
+    ours = {r["id"] for r in records}
+    assert sum(1 for c in env.couplings("customers") if c.bc_id in ours) == n // 2
+    bc_requests = [e for e in env.journal("bc") if not e["path"].startswith("/_sandbox")]
+    dataverse_requests = [e for e in env.journal("dataverse") if not e["path"].startswith("/_sandbox")]
+    customers_in_bc = bc.get(f"{env.bc_company_api}/customers?$count=true&$top=0").json()["@odata.count"]
+    candidates = dv.get(f"{env.sandbox.api}/accounts?$count=true&$top=1&$filter=customertypecode eq 3").json()[
+        "@odata.count"]
+    # one read per page on each side (plus this company's row), however many records there are
+    assert len(bc_requests) <= math.ceil(customers_in_bc / 100) + 1
+    assert len(dataverse_requests) <= math.ceil(candidates / 100) + 2
