@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
-from .clients import BatchOp, ClientError
 from .clients._chunks import chunks
+from .company import company_of, failure, set_company
 from .jobs import JobLog, Outcome, RecordRef
 from .mappings.tables import DATAVERSE_COMPANY, bc_entity, dataverse_table, lookup_value_name
 from .options import OptionPass, code_field
@@ -113,38 +113,20 @@ def _resets_company(mapping: TableMapping) -> bool:
 
 
 def _clear_company(cx: Connector, mapping: TableMapping, rows: list[dict[str, Any]], job: JobLog) -> set[str]:
-    """PATCH away this company's id on ``rows``; returns the ids that could not be cleared."""
+    """Free the rows that carry this company's id; returns the ids that could not be freed."""
     table = dataverse_table(mapping.dataverse_table)
     ours = cx.company().dataverse_id
-    column = lookup_value_name(DATAVERSE_COMPANY)
-    targets = [r for r in rows if str(r.get(column) or "").lower() == ours]
     failed: set[str] = set()
-    ops = [BatchOp("PATCH", f"{table.set_name}({r[table.key]})", {f"{DATAVERSE_COMPANY}@odata.bind": None},
-                   {"If-Match": r.get("@odata.etag", "*")}) for r in targets]
-    if not ops:
-        return failed
-    try:
-        results = cx.dataverse.batch(ops)
-    except ClientError as error:
-        for r in targets:
-            failed.add(str(r[table.key]).lower())
-            job.error(RecordRef(dataverse_table=table.logical_name, dataverse_id=r[table.key]),
-                      f"{table.set_name}({r[table.key]})", None,
-                      f"Uncoupling {table.logical_name} failed because of the following error: {error}.")
-        job.count("failed", len(targets))
-        return failed
-    for row, result in zip(targets, results, strict=True):
-        if result.ok:
+    for row, answer in set_company(cx, table, [r for r in rows if company_of(r) == ours], None):
+        message = failure(answer)
+        if message is None:
             job.count("modified")
             continue
-        refused = result.error
-        assert refused is not None
         failed.add(str(row[table.key]).lower())
         job.count("failed")
         job.error(RecordRef(dataverse_table=table.logical_name, dataverse_id=row[table.key]),
                   f"{table.set_name}({row[table.key]})", None,
-                  f"Uncoupling {table.logical_name} failed because of the following error: "
-                  f"{refused.message.rstrip('.')}.")
+                  f"Uncoupling {table.logical_name} failed because of the following error: {message}.")
     return failed
 
 

@@ -26,6 +26,7 @@ from sqlalchemy import delete, select
 
 from .clients import BatchOp, BatchResult, ClientError
 from .clients._chunks import chunks, quote
+from .company import company_of, failure, set_company
 from .jobs import JobLog, Outcome, RecordRef, previous_error
 from .mappings.resolve import Resolver, as_uuid_text
 from .mappings.rules import PairRules
@@ -461,7 +462,9 @@ class Pass:
                 item.coupling = coupling
 
     def _write(self, items: list[Item], *, last_attempt: bool = False) -> None:
-        self._clear_company([i for i in items if i.clear_company])
+        ours = self.cx.company().dataverse_id if any(i.clear_company for i in items) else None
+        self._set_source_company([i for i in items if i.clear_company and company_of(i.source) == ours], None,
+                                 "reset")  # Remove Coupling: the surviving row is no longer this company's
         writes = [i for i in items if i.action in (Action.INSERT, Action.MODIFY, Action.FORCE_MODIFY)]
         if not writes:
             return
@@ -481,8 +484,9 @@ class Pass:
             return
         for item, result in zip(writes, results, strict=True):
             self._apply_result(item, result, last_attempt)
-        if not self.to_dataverse:
-            self._stamp_company_after_bc_insert([i for i in writes if i.action is Action.INSERT and i.written])
+        if not self.to_dataverse and self.table.has_company:  # the row that created a BC record becomes ours
+            self._set_source_company([i for i in writes if i.action is Action.INSERT and i.written
+                                      and not company_of(i.source)], self.cx.company().dataverse_id, "set")
 
     def _apply_result(self, item: Item, result: BatchResult, last_attempt: bool) -> None:
         if result.ok:
@@ -502,45 +506,18 @@ class Pass:
             self._fail(item, f"Modifying {self._destination_caption()} failed because of the following error: "
                              f"{error.message.rstrip('.')}.")
 
-    def _clear_company(self, items: list[Item]) -> None:
-        """The rows uncoupled by Remove Coupling no longer belong to this company (§6.2)."""
-        company = self.cx.company().dataverse_id if items else None
-        ours = [i for i in items
-                if str(i.source.get(lookup_value_name(DATAVERSE_COMPANY)) or "").lower() == company]
-        if not ours or self.dry_run:
+    def _set_source_company(self, items: list[Item], company: str | None, what: str) -> None:
+        """Stamp (or free) the Dataverse rows that were the source of ``items``; their new modifiedon
+        becomes the one recorded, so the stamp is not read back as a change."""
+        if not items or self.dry_run:
             return
-        ops = [BatchOp("PATCH", f"{self.table.set_name}({self._source_key(i.source)})",
-                       {f"{DATAVERSE_COMPANY}@odata.bind": None}, {"If-Match": "*"}) for i in ours]
-        try:
-            results = self.cx.dataverse.batch(ops)
-        except ClientError as error:
-            for item in ours:
-                item.message = f"The company id of the Dataverse row was not reset: {error}"
-            return
-        for item, result in zip(ours, results, strict=True):
-            if not result.ok and result.error is not None:
-                item.message = f"The company id of the Dataverse row was not reset: {result.error.message}"
-
-    def _stamp_company_after_bc_insert(self, items: list[Item]) -> None:
-        """A Dataverse row that created a BC record becomes this company's (§7.3)."""
-        if not self.table.has_company:
-            return
-        company = self.cx.company()
-        unstamped = [i for i in items if not i.source.get(lookup_value_name(DATAVERSE_COMPANY))]
-        if not unstamped:
-            return
-        ops = [BatchOp("PATCH", f"{self.table.set_name}({self._source_key(i.source)})?$select={DATAVERSE_MODIFIED_ON}",
-                       {f"{DATAVERSE_COMPANY}@odata.bind": f"/bcbi_companies({company.dataverse_id})"},
-                       {"If-Match": "*", "Prefer": "return=representation"}) for i in unstamped]
-        try:
-            results = self.cx.dataverse.batch(ops)
-        except ClientError as error:
-            for item in unstamped:
-                item.message = f"The company id of the Dataverse row was not set: {error}"
-            return
-        for item, result in zip(unstamped, results, strict=True):
-            if result.ok and isinstance(result.body, dict):
-                item.source = {**item.source, DATAVERSE_MODIFIED_ON: result.body.get(DATAVERSE_MODIFIED_ON)}
+        rows = [{self.table.key: self._source_key(i.source)} for i in items]
+        for item, (_, answer) in zip(items, set_company(self.cx, self.table, rows, company), strict=True):
+            message = failure(answer)
+            if message is not None:
+                item.message = f"The company id of the Dataverse row was not {what}: {message}"
+            elif isinstance(answer, BatchResult) and isinstance(answer.body, dict):
+                item.source = {**item.source, DATAVERSE_MODIFIED_ON: answer.body.get(DATAVERSE_MODIFIED_ON)}
 
     # -- recording ------------------------------------------------------------------------------
     def _record(self, items: list[Item]) -> None:

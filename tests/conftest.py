@@ -312,3 +312,13 @@ def start_connector(sandbox: RunningSandbox, directory: Path, company_index: int
 def connector_env(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> ConnectorEnv:
     """A connector for CRONUS USA with the default mappings, against the module's sandbox."""
     return start_connector(sandbox, tmp_path_factory.mktemp("connector"))
+
+
+@pytest.fixture(scope="module")
+def own_connector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectorEnv]:
+    """A connector with a sandbox of its own, for modules whose data must not meet other modules'."""
+    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"))
+    try:
+        yield start_connector(sandbox, tmp_path_factory.mktemp("connector"))
+    finally:
+        sandbox.sandbox.stop()

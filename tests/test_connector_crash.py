@@ -18,19 +18,15 @@ import pytest
 from sqlalchemy import select
 
 from connector.store import SyncJob
-from tests.conftest import start_connector, start_sandbox
+from tests.conftest import ConnectorEnv
 
 N = 500
 KILLS = 10
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"))
-    try:
-        yield start_connector(sandbox, tmp_path_factory.mktemp("connector"))
-    finally:
-        sandbox.sandbox.stop()
+def env(own_connector: ConnectorEnv) -> ConnectorEnv:
+    return own_connector
 
 
 def _command(config: Path, numbers: list[str]) -> list[str]:

@@ -11,18 +11,14 @@ from typing import Any
 import openpyxl
 import pytest
 
-from tests.conftest import ConnectorEnv, start_connector, start_sandbox
+from tests.conftest import ConnectorEnv
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"))
-    try:
-        connector = start_connector(sandbox, tmp_path_factory.mktemp("connector"))
-        connector.run("mappings", "field", "CUSTOMER", "displayName", "--match")
-        yield connector
-    finally:
-        sandbox.sandbox.stop()
+def env(own_connector: ConnectorEnv) -> ConnectorEnv:
+    connector = own_connector
+    connector.run("mappings", "field", "CUSTOMER", "displayName", "--match")
+    return connector
 
 
 def accounts(env: ConnectorEnv, prefix: str) -> list[dict[str, Any]]:

@@ -8,21 +8,17 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ConnectorEnv, start_connector, start_sandbox
+from tests.conftest import ConnectorEnv
 
 COUNTERS = ("inserted", "modified", "unchanged", "skipped", "failed", "coupled")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"))
-    try:
-        connector = start_connector(sandbox, tmp_path_factory.mktemp("connector"))
-        connector.run("mappings", "field", "CUSTOMER", "displayName", "--match", "--priority", "1")
-        connector.run("mappings", "field", "CUSTOMER", "city", "--match", "--priority", "2")
-        yield connector
-    finally:
-        sandbox.sandbox.stop()
+def env(own_connector: ConnectorEnv) -> ConnectorEnv:
+    connector = own_connector
+    connector.run("mappings", "field", "CUSTOMER", "displayName", "--match", "--priority", "1")
+    connector.run("mappings", "field", "CUSTOMER", "city", "--match", "--priority", "2")
+    return connector
 
 
 def counts(job: dict[str, Any]) -> dict[str, int]:

@@ -11,21 +11,17 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import ConnectorEnv, start_connector, start_sandbox
+from tests.conftest import ConnectorEnv
 
 COUNTERS = ("inserted", "modified", "deleted", "unchanged", "skipped", "failed", "coupled", "uncoupled")
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"))
-    try:
-        connector = start_connector(sandbox, tmp_path_factory.mktemp("connector"))
-        for name in ("CURRENCY", "PAYMENT TERMS", "SHIPMENT METHOD"):
-            connector.run("run", "--mapping", name)
-        yield connector
-    finally:
-        sandbox.sandbox.stop()
+def env(own_connector: ConnectorEnv) -> ConnectorEnv:
+    connector = own_connector
+    for name in ("CURRENCY", "PAYMENT TERMS", "SHIPMENT METHOD"):
+        connector.run("run", "--mapping", name)
+    return connector
 
 
 def next_second() -> None:

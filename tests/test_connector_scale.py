@@ -16,18 +16,14 @@ import requests
 
 from connector.clients.bc import ID_CHUNK as BC_ID_CHUNK
 from connector.clients.dataverse import ID_CHUNK as DATAVERSE_ID_CHUNK
-from tests.conftest import ConnectorEnv, start_connector, start_sandbox
+from tests.conftest import ConnectorEnv
 
 N = 500
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"))
-    try:
-        yield start_connector(sandbox, tmp_path_factory.mktemp("connector"))
-    finally:
-        sandbox.sandbox.stop()
+def env(own_connector: ConnectorEnv) -> ConnectorEnv:
+    return own_connector
 
 
 def service_requests(env: ConnectorEnv, service: str) -> list[dict[str, Any]]:

@@ -12,8 +12,7 @@ from typing import Any
 
 from ._chunks import chunks, quote
 from .batch import BatchOp, BatchResult, decode_json, encode_json
-from .errors import ServiceError
-from .http import HttpCore
+from .http import HttpCore, query_options
 
 MAX_BATCH = 100  # operations per JSON $batch
 ID_CHUNK = 100  # ids per `id eq … or …` filter
@@ -47,23 +46,12 @@ class BCClient:
         return f"{self._root(set_name)}/{self.path(set_name, key)}"
 
     def get(self, set_name: str, key: str) -> dict[str, Any] | None:
-        try:
-            return dict(self.core.send("GET", self.url(set_name, key)).json())
-        except ServiceError as error:
-            if error.is_not_found:
-                return None
-            raise
+        return self.core.get_one(self.url(set_name, key))
 
     def rows(self, set_name: str, *, filter: str | None = None, select: Iterable[str] | None = None,
              orderby: str | None = None, page_size: int | None = None) -> Iterator[dict[str, Any]]:
-        params: dict[str, str] = {}
-        if filter:
-            params["$filter"] = filter
-        if select:
-            params["$select"] = ",".join(select)
-        if orderby:
-            params["$orderby"] = orderby
-        yield from self.core.rows(self.url(set_name), params, page_size=page_size or self.page_size)
+        yield from self.core.rows(self.url(set_name), query_options(filter=filter, select=select, orderby=orderby),
+                                  page_size=page_size or self.page_size)
 
     def rows_where_in(self, set_name: str, field: str, values: Iterable[str], *, guid: bool = False,
                       select: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:

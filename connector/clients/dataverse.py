@@ -9,7 +9,7 @@ from typing import Any
 from ._chunks import chunks
 from .batch import BatchOp, BatchResult, decode_multipart, encode_multipart
 from .errors import ServiceError
-from .http import HttpCore
+from .http import HttpCore, query_options
 
 MAX_BATCH = 1000  # operations per $batch request
 ID_CHUNK = 250  # ids per In() filter: about 10 KB of URL, far below the 32 KB limit
@@ -31,24 +31,12 @@ class DataverseClient:
         return dict(self.core.send("GET", "WhoAmI").json())
 
     def get(self, set_name: str, key: str, *, select: Iterable[str] | None = None) -> dict[str, Any] | None:
-        params = {"$select": ",".join(select)} if select else None
-        try:
-            return dict(self.core.send("GET", f"{set_name}({key})", params=params).json())
-        except ServiceError as error:
-            if error.is_not_found:
-                return None
-            raise
+        return self.core.get_one(f"{set_name}({key})", query_options(select=select))
 
     def rows(self, set_name: str, *, filter: str | None = None, select: Iterable[str] | None = None,
              orderby: str | None = None, page_size: int | None = None) -> Iterator[dict[str, Any]]:
-        params: dict[str, str] = {}
-        if filter:
-            params["$filter"] = filter
-        if select:
-            params["$select"] = ",".join(select)
-        if orderby:
-            params["$orderby"] = orderby
-        yield from self.core.rows(set_name, params, page_size=page_size or self.page_size)
+        yield from self.core.rows(set_name, query_options(filter=filter, select=select, orderby=orderby),
+                                  page_size=page_size or self.page_size)
 
     def rows_by_ids(self, set_name: str, key: str, ids: Iterable[str], *, select: Iterable[str] | None = None,
                     filter: str | None = None) -> Iterator[dict[str, Any]]:

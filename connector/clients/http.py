@@ -12,7 +12,7 @@ mark the rare one that is not.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -130,6 +130,19 @@ def _reason(error: Exception) -> str:
     return str(error).splitlines()[0] if str(error) else type(error).__name__
 
 
+def query_options(*, filter: str | None = None, select: Iterable[str] | None = None,
+                  orderby: str | None = None) -> dict[str, str]:
+    """The system query options both services take, leaving out the ones not given."""
+    params: dict[str, str] = {}
+    if filter:
+        params["$filter"] = filter
+    if select:
+        params["$select"] = ",".join(select)
+    if orderby:
+        params["$orderby"] = orderby
+    return params
+
+
 def error_from(service: str, method: str, url: str, response: requests.Response) -> ServiceError:
     """The service's own error envelope (``{"error": {"code", "message"}}``) as a ServiceError."""
     code, message = "", response.reason or ""
@@ -185,6 +198,15 @@ class HttpCore:
         if response.status_code >= 400:
             raise error_from(self.service, method, url, response)
         return response
+
+    def get_one(self, path: str, params: Mapping[str, str] | None = None) -> dict[str, Any] | None:
+        """One entity, or None when the service answers 404."""
+        try:
+            return dict(self.send("GET", path, params=params).json())
+        except ServiceError as error:
+            if error.is_not_found:
+                return None
+            raise
 
     def pages(self, path: str, params: Mapping[str, str] | None = None, *, page_size: int,
               headers: Mapping[str, str] | None = None) -> Iterator[list[dict[str, Any]]]:
