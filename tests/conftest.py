@@ -98,6 +98,7 @@ class Databases:
     name: str
     dataverse: str | None = None
     bc: str | None = None
+    connector: str | None = None  # the connector's state, for modules that run one
 
 
 def start_sandbox(data_dir: Path, *, seed: bool = True, databases: Databases | None = None) -> RunningSandbox:
@@ -142,9 +143,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 @contextmanager
 def postgres_databases(admin_url: str) -> Iterator[Databases]:
-    """Two fresh databases (Dataverse, BC) owned by the URL's role, dropped afterwards."""
+    """Fresh databases (Dataverse, BC, the connector's state) owned by the URL's role, dropped afterwards."""
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    names = [f"sbx_{uuid.uuid4().hex[:12]}_{service}" for service in ("dataverse", "bc")]
+    names = [f"sbx_{uuid.uuid4().hex[:12]}_{service}" for service in ("dataverse", "bc", "connector")]
 
     def run(statement: str) -> None:
         for attempt in range(10):
@@ -240,15 +241,19 @@ class ConnectorEnv:
     def company_id(self) -> str:
         return self.sandbox.companies[self.company_index]
 
-    def set_sync(self, **values: int) -> None:
-        """Change the [sync] section of the config file (page and batch sizes, retries)."""
+    def set_section(self, section: str, **values: Any) -> None:
+        """Change one section of the config file."""
         import tomllib
 
         import tomli_w
 
         document = tomllib.loads(self.config_path.read_text())
-        document.setdefault("sync", {}).update(values)
+        document.setdefault(section, {}).update(values)
         self.config_path.write_text(tomli_w.dumps(document))
+
+    def set_sync(self, **values: int) -> None:
+        """Change the [sync] section of the config file (page and batch sizes, retries)."""
+        self.set_section("sync", **values)
 
     def journal(self, service: str) -> list[dict[str, Any]]:
         resp = self.sandbox.control("GET", "journal", service=service)
@@ -301,17 +306,22 @@ class ConnectorEnv:
         return [r["body"] for r in responses]
 
 
-def start_connector(sandbox: RunningSandbox, directory: Path, company_index: int = 0) -> ConnectorEnv:
+def start_connector(sandbox: RunningSandbox, directory: Path, company_index: int = 0,
+                    state_url: str | None = None) -> ConnectorEnv:
     env = ConnectorEnv(sandbox, directory / "connector.toml", company_index)
     env.run("init", "--sandbox", str(sandbox.data_dir), "--company", sandbox.companies[company_index])
+    if state_url:
+        env.set_section("state", url=state_url)
     env.run("setup", "defaults")
     return env
 
 
 @pytest.fixture(scope="module")
-def connector_env(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory) -> ConnectorEnv:
-    """A connector for CRONUS USA with the default mappings, against the module's sandbox."""
-    return start_connector(sandbox, tmp_path_factory.mktemp("connector"))
+def connector_env(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFactory,
+                  databases: Databases) -> ConnectorEnv:
+    """A connector for CRONUS USA with the default mappings, against the module's sandbox (its state on
+    PostgreSQL too in the storage modules' PostgreSQL leg)."""
+    return start_connector(sandbox, tmp_path_factory.mktemp("connector"), state_url=databases.connector)
 
 
 @pytest.fixture(scope="module")

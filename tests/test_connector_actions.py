@@ -15,6 +15,8 @@ import requests
 
 from tests.conftest import ConnectorEnv, RunningSandbox
 
+pytestmark = pytest.mark.storage  # mock services and the connector's state on PostgreSQL too
+
 COUNTERS = ("inserted", "modified", "deleted", "unchanged", "skipped", "failed", "coupled", "uncoupled")
 
 
