@@ -23,6 +23,7 @@ from mockservers.dataverse.exceptions import DataverseError
 from mockservers.dataverse.models import Caller
 from mockservers.dataverse.security import Access, SecurityRole
 from mockservers.identity import BUSINESS_CENTRAL_RESOURCE, AppRegistration, TokenIssuer, load_signing_key
+from tests.conftest import RunningSandbox
 from tests.hostile import batch_body, batch_parts, check_bc, check_dataverse, http_part
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "default"
@@ -190,3 +191,27 @@ def test_bc_registered_apps_get_in(sandbox, company: str, reader_bc) -> None:
     """The control: the same kind of token for a registered app is accepted."""
     assert sandbox.bc_session().get(f"{company}/customers", params={"$top": "1"}).status_code == 200
     assert reader_bc.get(f"{company}/customers", params={"$top": "1"}).status_code == 200
+
+
+def test_an_admin_app_may_act_on_behalf_of_a_user_and_the_row_says_who_changed_it(
+        sandbox: RunningSandbox, dv: requests.Session) -> None:
+    jordan = "5e000000-0000-4000-8000-000000000004"
+    created = dv.post(f"{sandbox.api}/accounts", json={"name": "On Behalf"}, headers={
+        "MSCRMCallerID": jordan, "Prefer": "return=representation"})
+    assert created.status_code == 201, created.text
+    assert created.json()["_modifiedby_value"] == created.json()["_createdby_value"] == jordan
+    by_object = dv.patch(f"{sandbox.api}/accounts({created.json()['accountid']})", json={"telephone1": "1"},
+                         headers={"CallerObjectId": "41d5c2a7-0b3e-4f19-8c6d-2a7e9f1b3c50"})  # the sandbox admin
+    assert by_object.status_code == 204
+    row = dv.get(f"{sandbox.api}/accounts({created.json()['accountid']})").json()
+    assert row["_modifiedby_value"] == "5e000000-0000-4000-8000-000000000001"
+    missing = dv.get(f"{sandbox.api}/accounts?$top=1", headers={"MSCRMCallerID": "5e000000-0000-4000-8000-00000000beef"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "0x80040217"
+
+
+def test_impersonation_needs_the_act_on_behalf_privilege(sandbox: RunningSandbox, reader_dv: requests.Session) -> None:
+    resp = reader_dv.get(f"{sandbox.api}/accounts?$top=1",
+                         headers={"MSCRMCallerID": "5e000000-0000-4000-8000-000000000004"})
+    assert resp.status_code == 403
+    assert resp.json()["error"]["code"] == "0x80040220"
+    assert "is missing prvActOnBehalfOfAnotherUser privilege" in resp.json()["error"]["message"]

@@ -53,8 +53,13 @@ def bc_patch(env: ConnectorEnv, bc: requests.Session, record_id: str, **fields: 
     assert resp.status_code == 200, resp.text
 
 
+SALES_USER = "5e000000-0000-4000-8000-000000000004"  # Jordan Pike, a licensed user of the org
+
+
 def dv_patch(env: ConnectorEnv, dv: requests.Session, account_id: str, **fields: Any) -> None:
-    resp = dv.patch(f"{env.sandbox.api}/accounts({account_id})", json=fields)
+    """A change made in Dataverse by a person (the integration user's own changes are not synchronized
+    back, so the test acts on behalf of a user, as Dataverse allows an administrator app to)."""
+    resp = dv.patch(f"{env.sandbox.api}/accounts({account_id})", json=fields, headers={"MSCRMCallerID": SALES_USER})
     assert resp.status_code == 204, resp.text
 
 
@@ -68,6 +73,75 @@ def customer(env: ConnectorEnv, bc: requests.Session, record_id: str) -> dict[st
 
 def set_conflicts(env: ConnectorEnv, *, update: str = "none", deletion: str = "none") -> None:
     env.run("mappings", "set", "CUSTOMER", "--update-conflict", update, "--deletion-conflict", deletion)
+
+
+def test_changes_travel_both_ways_and_a_run_without_changes_writes_nothing(env: ConnectorEnv) -> None:
+    bc, dv = env.sandbox.bc_session(), env.sandbox.session()
+    first, account_first = coupled_pair(env, bc, f"Run A {uuid.uuid4().hex[:6]}")
+    second, account_second = coupled_pair(env, bc, f"Run B {uuid.uuid4().hex[:6]}")
+    run_customers(env)  # catch up with everything before this test
+    next_second()
+    bc_patch(env, bc, first["id"], city="Gdansk")
+    dv_patch(env, dv, account_second, telephone1="+48 555 0102")
+    raw = env.run("run", "--mapping", "CUSTOMER")
+    jobs = by_direction(raw)
+    assert jobs["ToIntegrationTable"] == {"modified": 1}, (raw, env.run("mappings", "show", "CUSTOMER")["bc_watermark"],
+                                                          customer(env, bc, first["id"])["lastModifiedDateTime"])
+    assert jobs["FromIntegrationTable"] == {"modified": 1}
+    assert account(env, dv, account_first)["address1_city"] == "Gdansk"
+    assert customer(env, bc, second["id"])["phoneNumber"] == "+48 555 0102"
+    env.clear_journals()
+    again = run_customers(env)  # the connector's own writes are not read back as changes
+    for counters_ in again.values():  # re-read within the 999 ms overlap at most, and found unchanged
+        assert not {"modified", "inserted", "failed"} & set(counters_), again
+    writes = [e for service in ("dataverse", "bc") for e in env.journal(service)
+              if e["method"] in ("POST", "PATCH", "PUT", "DELETE") and not e["path"].startswith("/_sandbox")]
+    assert writes == []
+
+
+@pytest.mark.parametrize("resolution, wins", [("send", "BC"), ("get", "DV"), ("none", None)])
+def test_update_conflicts_follow_the_mapping_setting(env: ConnectorEnv, resolution: str, wins: str | None) -> None:
+    bc, dv = env.sandbox.bc_session(), env.sandbox.session()
+    record, account_id = coupled_pair(env, bc, f"Conflict {resolution} {uuid.uuid4().hex[:6]}")
+    run_customers(env)
+    next_second()
+    bc_patch(env, bc, record["id"], city=f"BC {resolution}")
+    dv_patch(env, dv, account_id, address1_city=f"DV {resolution}")
+    set_conflicts(env, update=resolution)
+    try:
+        out = env.run("run", "--mapping", "CUSTOMER")
+    finally:
+        set_conflicts(env)
+    jobs = by_direction(out)
+    in_bc, in_dv = customer(env, bc, record["id"])["city"], account(env, dv, account_id)["address1_city"]
+    coupling = next(c for c in env.couplings("customers") if c.bc_id == record["id"])
+    # (the From pass may also re-read rows of earlier tests within its 999 ms overlap: unchanged)
+    if wins == "BC":  # Send Update to Integration: the To pass writes; the row is then the integration
+        assert jobs["ToIntegrationTable"] == {"modified": 1}  # user's, which the From pass does not read
+        assert "modified" not in jobs["FromIntegrationTable"]
+        assert in_bc == in_dv == "BC send"
+    elif wins == "DV":  # Get Update from Integration: the To pass skips, the From pass writes
+        assert jobs["ToIntegrationTable"] == {"skipped": 1} and jobs["FromIntegrationTable"].get("modified") == 1
+        assert in_bc == in_dv == "DV get"
+    else:  # no resolution: the record fails and both sides keep their values
+        assert jobs["ToIntegrationTable"] == {"failed": 1}
+        errors = [e for j in out["jobs"] for e in j["errors"]]
+        assert any("The mapping between city field on the Customer table and the address1_city field on the account "
+                   "table is bi-directional, and one or both values have changed" in e for e in errors), errors
+        assert (in_bc, in_dv) == ("BC none", "DV none")
+        assert coupling.last_result_to.value == "Failure"
+
+
+def test_both_changed_without_a_bidirectional_difference_is_no_conflict(env: ConnectorEnv) -> None:
+    bc, dv = env.sandbox.bc_session(), env.sandbox.session()
+    record, account_id = coupled_pair(env, bc, f"Same Change {uuid.uuid4().hex[:6]}")
+    run_customers(env)
+    next_second()
+    bc_patch(env, bc, record["id"], city="Aarhus")
+    dv_patch(env, dv, account_id, address1_city="Aarhus")  # the same value on both sides
+    jobs = run_customers(env)
+    assert "failed" not in jobs["ToIntegrationTable"] and "failed" not in jobs["FromIntegrationTable"]
+    assert account(env, dv, account_id)["address1_city"] == customer(env, bc, record["id"])["city"] == "Aarhus"
 
 
 @pytest.mark.parametrize("resolution", ["none", "restore", "remove-coupling"])

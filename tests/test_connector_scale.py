@@ -7,6 +7,7 @@ what the services saw, retries included.
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -108,3 +109,42 @@ def test_faults_on_both_services_lose_and_duplicate_nothing(env: ConnectorEnv) -
     rows = dv.get(f"{env.sandbox.api}/accounts?$select=address1_city&$filter=startswith(name,'Faulty {tag}')",
                   headers={"Prefer": "odata.maxpagesize=5000"}).json()["value"]
     assert Counter(r["address1_city"] for r in rows) == Counter({"Faultville": 200})
+
+
+def test_incremental_runs_make_requests_in_proportion_to_the_changes(env: ConnectorEnv) -> None:
+    bc, dv = env.sandbox.bc_session(), env.sandbox.session()
+    tag = uuid.uuid4().hex[:6]
+    records = env.create_customers(bc, [f"Incremental {tag} {i:04d}" for i in range(2000)])
+    env.set_sync(page_size=100)
+    try:
+        env.run("create-in-dataverse", "CUSTOMER", *[r["number"] for r in records])
+        env.run("run", "--mapping", "CUSTOMER")  # the full run: watermarks move past everything
+        couplings = {c.bc_id: c.dataverse_id for c in env.couplings("customers")}
+        time.sleep(1.05 - time.time() % 1)  # Dataverse's modifiedon has whole seconds
+        env.bc_batch(bc, [{"method": "PATCH", "url": f"companies({env.company_id})/customers({r['id']})",
+                           "headers": {"If-Match": "*", "Content-Type": "application/json"}, "body": {"city": "Changed"}}
+                          for r in records[:20]])
+        for record in records[100:120]:  # changed in Dataverse by a person (on whose behalf the app acts)
+            resp = dv.patch(f"{env.sandbox.api}/accounts({couplings[record['id']]})", json={"telephone1": "+1 555 0199"},
+                            headers={"MSCRMCallerID": "5e000000-0000-4000-8000-000000000004"})
+            assert resp.status_code == 204, resp.text
+        env.clear_journals()
+        out = env.run("run", "--mapping", "CUSTOMER")
+        jobs = {j["direction"]: j for j in out["jobs"]}
+        assert jobs["ToIntegrationTable"]["modified"] == 20 and jobs["FromIntegrationTable"]["modified"] == 20
+        requests_made = len(service_requests(env, "dataverse")) + len(service_requests(env, "bc"))
+        # reading 2,000 records would take 20 pages per side; 40 changes take a page or two each
+        assert requests_made <= 14, [(e["method"], e["path"]) for s in ("dataverse", "bc")
+                                     for e in service_requests(env, s)]
+        env.clear_journals()
+        again = env.run("run", "--mapping", "CUSTOMER")
+        writes = [e for s in ("dataverse", "bc") for e in service_requests(env, s) if e["method"] != "GET"]
+        assert writes == [] and all(j["modified"] == j["inserted"] == 0 for j in again["jobs"])
+    finally:
+        env.set_sync(page_size=500)
+    assert customer_city(env, bc, records[0]["id"]) == "Changed"
+    assert bc.get(f"{env.bc_company_api}/customers({records[100]['id']})").json()["phoneNumber"] == "+1 555 0199"
+
+
+def customer_city(env: ConnectorEnv, bc: requests.Session, record_id: str) -> str:
+    return str(bc.get(f"{env.bc_company_api}/customers({record_id})").json()["city"])

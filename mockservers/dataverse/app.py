@@ -88,10 +88,11 @@ def create_app(
                 caller = backend.system_caller(conn)
             else:
                 caller = backend.caller_for_app(conn, claims.get("appid"), claims.get("oid"))
-        if caller is None:
-            return _error_response(
-                403, UNAUTHORIZED_CODE,
-                f"The user with application id {claims.get('appid')} is not a member of the organization.")
+            if caller is None:
+                return _error_response(
+                    403, UNAUTHORIZED_CODE,
+                    f"The user with application id {claims.get('appid')} is not a member of the organization.")
+            caller = backend.impersonate(conn, caller, request.headers)
         raw_path = request.path[len(API_PATH):].lstrip("/")
         req = Request(
             method=request.method,

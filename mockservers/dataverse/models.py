@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -29,7 +30,13 @@ from . import exceptions as exc
 from .exceptions import DataverseError
 from .functions import FUNCTIONS
 from .option_values import OptionValues
-from .security import Access, SecurityModel, privilege_denied
+from .security import (
+    IMPERSONATION_PRIVILEGE,
+    Access,
+    SecurityModel,
+    misc_privilege_denied,
+    privilege_denied,
+)
 from .tables import bind_navigation, build_schema, computed_values, default_status, table_info
 
 _SYSTEM_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "https://bc-dataverse-sandbox.invalid/dataverse/system-rows")
@@ -140,6 +147,22 @@ class DataverseBackend:
                 access = self.security.access_for(row["systemuserid"], row.get("accessmode") or 0)
                 return Caller(row["systemuserid"], row.get("_businessunitid_value"), access)
         return None
+
+    def impersonate(self, conn: Connection, caller: Caller, headers: Mapping[str, str]) -> Caller:
+        """``MSCRMCallerID`` / ``CallerObjectId``: act as another user, if the caller may
+        (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/impersonate-another-user-web-api)."""
+        by_id, by_object = headers.get("MSCRMCallerID"), headers.get("CallerObjectId")
+        if not by_id and not by_object:
+            return caller
+        if caller.access is not None and not caller.access.holds(IMPERSONATION_PRIVILEGE):
+            raise misc_privilege_denied(caller.access, IMPERSONATION_PRIVILEGE, self.schema)
+        users = self.store.table(self.entity("systemuser"))
+        column, value = ("systemuserid", by_id) if by_id else ("azureactivedirectoryobjectid", by_object)
+        row = conn.execute(users.select().where(users.c[column] == self.guid(str(value)))).mappings().first()
+        if row is None:
+            raise exc.not_found("systemuser", value)
+        access = self.security.access_for(row["systemuserid"], row.get("accessmode") or 0)
+        return Caller(row["systemuserid"], row.get("_businessunitid_value"), access)
 
     # -- reads: the protocol layer's only way to the rows ---------------------------------------
     def get(self, conn: Connection, entity: EntityType, key: str) -> Row | None:

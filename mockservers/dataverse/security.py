@@ -32,6 +32,7 @@ class SecurityRole:
     name: str
     role_id: str
     grants: Mapping[str, frozenset[str]]
+    misc: frozenset[str] = frozenset()  # privileges on no table, e.g. prvActOnBehalfOfAnotherUser
 
     def allows(self, verb: str, table: str) -> bool:
         return verb in self.grants.get(table, frozenset()) or verb in self.grants.get("*", frozenset())
@@ -49,7 +50,10 @@ class SecurityRole:
                 raise ValueError(f"security role {name!r}: unknown privileges {sorted(unknown)} on {table!r}")
             grants[table] = frozenset(verbs)
         role_id = str(uuid.UUID(data["roleid"])) if "roleid" in data else str(uuid.uuid5(_PRIVILEGE_IDS, name))
-        return cls(name, role_id, grants)
+        misc = data.get("misc_privileges", [])
+        if not isinstance(misc, list) or not all(isinstance(m, str) and m.startswith("prv") for m in misc):
+            raise ValueError(f"security role {name!r}: misc_privileges must be a list of prv… names")
+        return cls(name, role_id, grants, frozenset(misc))
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class Access:
 
     def allows(self, verb: str, entity: EntityType) -> bool:
         return any(role.allows(verb, entity.name) for role in self.roles)
+
+    def holds(self, privilege: str) -> bool:
+        return any(privilege in role.misc for role in self.roles)
 
     def privilege_count(self, schema: Schema) -> int:
         return sum(1 for entity in schema for verb in VERBS if self.allows(verb, entity))
@@ -106,4 +113,18 @@ def privilege_denied(access: Access, verb: str, entity: EntityType, schema: Sche
         f"privilegeCount={access.privilege_count(schema)}, accessMode={access.access_mode}), is missing "
         f"{privilege} privilege (Id={privilege_id}) on OTC={object_type_code(entity)} for entity '{entity.name}' "
         f"(LocalizedName='{entity.display_name or entity.name}'). context.Caller={access.user_id}",
+    )
+
+
+IMPERSONATION_PRIVILEGE = "prvActOnBehalfOfAnotherUser"
+
+
+def misc_privilege_denied(access: Access, privilege: str, schema: Schema) -> DataverseError:
+    """The 403 for a privilege on no table (acting on behalf of another user, say)."""
+    privilege_id = uuid.uuid5(_PRIVILEGE_IDS, privilege)
+    return DataverseError(
+        403, PRIVILEGE_DENIED,
+        f"Principal user (Id={access.user_id}, type={SYSTEMUSER_TYPE_CODE}, roleCount={len(access.roles)}, "
+        f"privilegeCount={access.privilege_count(schema)}, accessMode={access.access_mode}), is missing "
+        f"{privilege} privilege (Id={privilege_id}). context.Caller={access.user_id}",
     )
