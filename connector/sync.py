@@ -29,7 +29,7 @@ from .clients._chunks import chunks, quote
 from .company import company_of, failure, set_company
 from .jobs import JobLog, Outcome, RecordRef, previous_error
 from .mappings.resolve import Resolver, as_uuid_text
-from .mappings.rules import PairRules
+from .mappings.rules import PairRules, extra_reads
 from .mappings.tables import (
     BC_MODIFIED_ON,
     DATAVERSE_COMPANY,
@@ -68,7 +68,8 @@ TOLERANCE = timedelta(milliseconds=10)
 def dataverse_select(mapping: TableMapping) -> list[str]:
     """What the engine reads of a mapping's Dataverse rows."""
     table = dataverse_table(mapping.dataverse_table)
-    columns = {table.key, DATAVERSE_MODIFIED_ON, "_modifiedby_value", *dataverse_columns(mapping)}
+    columns = {table.key, DATAVERSE_MODIFIED_ON, "_modifiedby_value", *dataverse_columns(mapping),
+               *extra_reads(mapping.bc_entity, mapping.dataverse_table)[1]}
     if table.has_company:
         columns.add(lookup_value_name(DATAVERSE_COMPANY))
     if "ownerid" in table.lookups:
@@ -79,7 +80,8 @@ def dataverse_select(mapping: TableMapping) -> list[str]:
 def bc_select(mapping: TableMapping) -> list[str]:
     """What the engine reads of a mapping's BC records."""
     entity = bc_entity(mapping.bc_entity)
-    return sorted({"id", BC_MODIFIED_ON, entity.number_field, entity.name_field, *bc_fields(mapping)})
+    return sorted({"id", BC_MODIFIED_ON, entity.number_field, entity.name_field, *bc_fields(mapping),
+                   *extra_reads(mapping.bc_entity, mapping.dataverse_table)[0]})
 
 
 class Action(enum.StrEnum):
@@ -171,7 +173,7 @@ class Pass:
         self.entity = bc_entity(mapping.bc_entity)
         self.latest_source_modified: datetime | None = None
         self._last_code: str | None = None
-        self.rules = PairRules(cx, mapping.bc_entity, mapping.dataverse_table)
+        self.rules = PairRules(cx, mapping.bc_entity, mapping.dataverse_table, self.resolver)
         self.dry_run = dry_run
 
     # -- reading ------------------------------------------------------------------------------
@@ -235,6 +237,7 @@ class Pass:
                 item.destination = destinations.get(self._destination_key(item.coupling, self.to_dataverse))
         self._couple_natural_keys(items)
         self._prefetch_lookups(items)
+        self.rules.prepare([i.source for i in items], self.to_dataverse)
         for item in items:
             self._decide(item)
         self._write(items)
@@ -303,6 +306,9 @@ class Pass:
 
     def _decide(self, item: Item) -> None:
         coupling, options = item.coupling, self.options
+        if self.rules.ignores(item.source, self.to_dataverse):
+            item.action = Action.IGNORE
+            return
         already_coupled = coupling is not None and not coupling.pending and not item.decoupled
         if coupling is not None and (coupling.skipped or (options.insert_only and already_coupled)):
             item.action = Action.SKIP
@@ -346,10 +352,11 @@ class Pass:
                 item.action = Action.SKIP
                 return
         inserting = item.action is Action.INSERT
+        destination = None if inserting else item.destination
         try:
-            transfer = (self.transfer.to_dataverse(item.source, None if inserting else item.destination)
-                        if self.to_dataverse else self.transfer.to_bc(item.source, None if inserting else
-                                                                       item.destination))
+            transfer = (self.transfer.to_dataverse(item.source, destination) if self.to_dataverse
+                        else self.transfer.to_bc(item.source, destination))
+            self.rules.apply(item.source, transfer.values, inserting, destination, to_dataverse=self.to_dataverse)
         except TransferError as error:
             self._fail(item, "The data could not be updated because of the following error: "
                              f"{error.message.rstrip('.')}.")
@@ -381,7 +388,6 @@ class Pass:
         if self.to_dataverse:
             if inserting:
                 values.update(self.mapping.dataverse_template or {})
-            self.rules.apply(item.source, values, inserting)
             if self.table.has_company:
                 company = self.cx.company()
                 current = as_uuid_text((item.destination or {}).get(lookup_value_name(DATAVERSE_COMPANY)))

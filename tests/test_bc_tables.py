@@ -68,6 +68,8 @@ ENTITIES = [
     ("item", "items", "Item", {"number_series": "I", "webhooks": True, "required_on_create": ("displayName",),
                                "create_forbidden": ("inventory",)}),
     ("resource", "resources", "Resource", {"number_series": "R", "api_route": "custom"}),
+    ("contactBusinessRelation", "contactBusinessRelations", "Contact Business Relation",
+     {"api_route": "custom", "code_references": {"contactNumber": ("contact", "number")}}),
     ("currency", "currencies", "Currency", {"code_field": "code", "webhooks": True, "required_on_create": ("code",)}),
     ("salespersonPurchaser", "salespeoplePurchasers", "Salesperson/Purchaser",
      {"code_field": "code", "required_on_create": ("code",)}),
@@ -117,13 +119,15 @@ def test_company_scoped_entity_conventions(
     for fact, value in facts.items():
         assert getattr(info, fact) == value, fact
     assert info.webhooks == (set_name in WEBHOOK_SETS)
-    assert (info.api_route == "custom") == (set_name == "resources")
+    assert (info.api_route == "custom") == (set_name in ("resources", "contactBusinessRelations"))
     assert not info.read_only
     if info.number_series is not None:
         assert [(k.name, k.properties) for k in entity.alternate_keys] == [("number", ("number",))]
-    else:
+    elif info.code_field is not None:
         assert [(k.name, k.properties) for k in entity.alternate_keys] == [("code", ("code",))]
         assert info.required_on_create == ("code",)
+    else:  # a link table (contact business relations): rows are named by their id only
+        assert entity.alternate_keys == [] and info.required_on_create == ()
 
 
 def test_company_is_a_read_only_root_entity(schema: Schema) -> None:
@@ -231,6 +235,11 @@ PROPERTIES: dict[str, list[tuple[str, Edm, int | None, str, bool]]] = {
         ("id", G, None, "Guid", False), ("code", S, 10, "Code", False), ("displayName", S, 50, "Text", False),
         ("addressFormat", S, None, "Enum", False), ("lastModifiedDateTime", DT, None, "DateTime", True),
     ],
+    "contactBusinessRelations": [
+        ("id", G, None, "Guid", False), ("contactNumber", S, 20, "Code", False),
+        ("businessRelationCode", S, 10, "Code", False), ("linkToTable", S, None, "Enum", False),
+        ("linkNumber", S, 20, "Code", False), ("lastModifiedDateTime", DT, None, "DateTime", True),
+    ],
     "resources": [
         ("id", G, None, "Guid", False), ("number", S, 20, "Code", False), ("displayName", S, 100, "Text", False),
         ("type", S, None, "Enum", False), ("baseUnitOfMeasureCode", S, 10, "Code", False),
@@ -299,6 +308,9 @@ ENUMS = [
       (3, "Blank Line+Post Code+City"), (13, "Custom")], "City+Post Code",
      {"Post Code+City": "Post_x0020_Code_x002B_City"}),
     ("resources", "type", "resourceType", [(0, "Person"), (1, "Machine")], "Person", {}),
+    ("contactBusinessRelations", "linkToTable", "contactBusinessRelationLinkToTable",
+     [(0, " "), (1, "Customer"), (2, "Vendor"), (3, "Bank Account"), (4, "Employee")], " ",
+     {" ": "_x0020_", "Bank Account": "Bank_x0020_Account"}),
 ]
 
 
@@ -396,9 +408,10 @@ def test_fixture_records_are_valid_create_requests(schema: Schema, seed: dict[st
                     _check_value(entity, name, value, f"{where}.{name}")
                 for required in entity_info(entity).required_on_create:
                     assert record.get(required), f"{where}: {required} missing"
-                alt = "number" if entity_info(entity).number_series else "code"
-                assert record[alt] not in numbers_or_codes, f"{where}: duplicate {alt}"
-                numbers_or_codes.add(record[alt])
+                alt = "number" if entity_info(entity).number_series else entity_info(entity).code_field
+                if alt is not None:
+                    assert record[alt] not in numbers_or_codes, f"{where}: duplicate {alt}"
+                    numbers_or_codes.add(record[alt])
                 _check_references(schema, entity, record, defined, where)
                 defined.setdefault(table["set"], {})[record["id"]] = record
 

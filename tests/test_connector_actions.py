@@ -364,3 +364,36 @@ def test_units_of_measure_items_and_resources_become_unit_groups_and_products(
     resource_id = connector_env.couplings("resources")[0].dataverse_id
     resource = dv.get(f"{sandbox.api}/products({resource_id})").json()
     assert (resource["productnumber"], resource["producttypecode"]) == ("SVC-INSTALL", 3)  # Services
+
+
+def test_contacts_travel_with_their_names_split_and_their_company_as_parent_account(
+        connector_env: ConnectorEnv, sandbox: RunningSandbox, bc: requests.Session, dv: requests.Session) -> None:
+    for setup in ("CURRENCY", "PAYMENT TERMS", "SHIPMENT METHOD"):
+        connector_env.run("create-in-dataverse", setup, "--all")
+    # CT00180 Robert Townes works for the company contact CT00010, which stands for customer 10000
+    connector_env.run("create-in-dataverse", "CUSTOMER", "10000")  # (skipped if an earlier test coupled it)
+    first = connector_env.run("create-in-dataverse", "CONTACT", "CT00180")["jobs"][0]
+    assert counters(first) == {"inserted": 1}, first["errors"]
+    person = bc.get(f"{connector_env.bc_company_api}/contacts?$filter=number eq 'CT00180'").json()["value"][0]
+    contact_id = next(c for c in connector_env.couplings("contacts") if c.bc_id == person["id"]).dataverse_id
+    row = dv.get(f"{sandbox.api}/contacts({contact_id})").json()
+    adatum = bc.get(f"{connector_env.bc_company_api}/customers?$filter=number eq '10000'").json()["value"][0]
+    assert (row["firstname"], row["lastname"], row["fullname"]) == ("Robert", "Townes", "Robert Townes")
+    assert row["_parentcustomerid_value"] == coupling_of(connector_env, adatum["id"]).dataverse_id
+    assert row["_bcbi_companyid_value"] == company_row(connector_env)
+
+    # a company contact is no person, and a vendor's person waits for its vendor to be coupled
+    company_contact = connector_env.run("create-in-dataverse", "CONTACT", "CT00010")["jobs"][0]
+    assert counters(company_contact) == {}
+    vendor_person = connector_env.run("create-in-dataverse", "CONTACT", "CT00340")["jobs"][0]
+    assert counters(vendor_person) == {"failed": 1}
+    assert vendor_person["errors"] == ["Contact CT00340: The data could not be updated because of the following error: "
+                                       "Vendor 10000 must be coupled to a Dataverse row."]
+
+    changed = dv.patch(f"{sandbox.api}/contacts({contact_id})", json={"lastname": "Townes-Hill"},
+                       headers={"MSCRMCallerID": "5e000000-0000-4000-8000-000000000004"})
+    assert changed.status_code == 204
+    back = connector_env.run("sync", "CONTACT", "CT00180", "--direction", "from-dataverse")["jobs"][0]
+    assert counters(back) == {"modified": 1}, back["errors"]
+    record = bc.get(f"{connector_env.bc_company_api}/contacts({person['id']})").json()
+    assert (record["displayName"], record["companyNumber"]) == ("Robert Townes-Hill", "CT00010")

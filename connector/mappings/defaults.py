@@ -122,11 +122,11 @@ DEFAULT_MAPPINGS: tuple[MappingSpec, ...] = (
             F("mobilePhoneNumber", "mobilephone", BI),
             F("phoneNumber", "telephone1", BI),
             F("jobTitle", "jobtitle", BI),
-            F("displayName", "lastname", BI),
-            F("type", None, FROM, constant="Person"),
+            F("type", None, FROM, constant="Person"),  # names and the parent account: rules.ContactParents
         ),
         table_filter="type eq 'Person' and companyNumber ne ''",
-        integration_table_filter=f"statecode eq 0 and _parentcustomerid_value ne null and {_OWN_OR_NO_COMPANY}",
+        integration_table_filter=(f"statecode eq 0 and parentcustomerid_account/accountid ne null and "
+                                  f"{_OWN_OR_NO_COMPANY}"),
         dependency_filter="CUSTOMER|VENDOR",
     ),
     MappingSpec(
@@ -195,8 +195,7 @@ UNMAPPED: dict[str, tuple[str, ...]] = {
     "VENDOR": ("Contact -> address1_primarycontactname", "Fax No. -> fax", "Purchaser Code -> ownerid",
                "Shipment Method Code -> address1_freighttermscode",
                "Shipping Agent Code -> address1_shippingmethodcode", "Primary Contact No. -> primarycontactid"),
-    "CONTACT": ("First Name / Middle Name / Surname -> firstname / middlename / lastname (Name -> lastname instead)",
-                "Currency Code -> transactioncurrencyid", "Fax No. -> fax", "Pager -> pager",
+    "CONTACT": ("Currency Code -> transactioncurrencyid", "Fax No. -> fax", "Pager -> pager",
                 "Salesperson Code -> ownerid"),
     "ITEM-PRODUCT": ("Unit Volume -> stockvolume", "Gross Weight -> stockweight", "Vendor No. -> vendorid",
                      "Vendor Item No. -> vendorpartnumber"),

@@ -98,6 +98,7 @@ BC_ENTITIES: dict[str, BCEntity] = {e.set_name: e for e in (
     BCEntity("resources", "Resource", "number", custom_api=True,
              code_references={"baseUnitOfMeasureCode": ("unitsOfMeasure", "Base Unit of Measure")},
              captions={"displayName": "Name"}, codes=frozenset({"baseUnitOfMeasureCode"})),
+    BCEntity("contactBusinessRelations", "Contact Business Relation", "contactNumber", custom_api=True),
     BCEntity("currencies", "Currency", "code", captions={"displayName": "Description"}),
     BCEntity("salespeoplePurchasers", "Salesperson/Purchaser", "code", captions={"displayName": "Name"},
              new_code="SP NO. 00001"),

@@ -109,6 +109,11 @@ ADDRESS_FORMAT = enum(
     ],
     "City+Post Code",
 )
+CONTACT_LINK_TO_TABLE = enum(
+    "contactBusinessRelationLinkToTable",
+    [(0, " "), (1, "Customer"), (2, "Vendor"), (3, "Bank Account"), (4, "Employee")],
+    " ",
+)
 RESOURCE_TYPE = enum("resourceType", [(0, "Person"), (1, "Machine")], "Person")
 
 
@@ -426,6 +431,25 @@ def _resource() -> EntityType:
     ).build()
 
 
+def _contact_business_relation() -> EntityType:
+    """Which customer or vendor a company contact stands for (base table 5054 "Contact Business
+    Relation"). API v2.0 does not carry the link, so the integration's custom API serves it, as a real
+    integration would add one."""
+    return _Entity(
+        "contactBusinessRelation",
+        "contactBusinessRelations",
+        "Contact Business Relation",
+        [
+            code("contactNumber", 20),
+            code("businessRelationCode", 10),
+            choice("linkToTable", CONTACT_LINK_TO_TABLE),
+            code("linkNumber", 20),
+        ],
+        code_references={"contactNumber": ("contact", "number")},
+        api_route="custom",
+    ).build()
+
+
 def _currency() -> EntityType:
     return _Entity(
         "currency",
@@ -545,6 +569,7 @@ _ENTITIES = (
     _payment_method,
     _country_region,
     _resource,
+    _contact_business_relation,
 )
 
 
