@@ -258,34 +258,36 @@ class BCBackend:
             if nav.collection:
                 continue
             target = self.entity(nav.target)
-            code_prop = nav.via[:-2] + "Code" if nav.via.endswith("Id") else None
             code_field = entity_info(target).code_field or "code"
-            has_code = code_prop is not None and entity.property(code_prop) is not None and target.property(code_field)
+            # the code field paired with this id field (currencyId -> currencyCode), if both sides have one
+            code_prop = nav.via[:-2] + "Code" if nav.via.endswith("Id") else None
+            if code_prop is not None and (entity.property(code_prop) is None or not target.property(code_field)):
+                code_prop = None
             table = self.store.table(target)
             if nav.via in values:
                 ref = values[nav.via]
                 if ref is None:
-                    if has_code:
+                    if code_prop is not None:
                         values[code_prop] = ""
                     continue
                 row = self.store.get(conn, target, ref, company_id)
                 if row is None:
                     raise BCError(400, "Application_DialogException",
                                   f'The "{nav.via}" does not match to a {entity_info(target).caption}.')
-                if has_code:
+                if code_prop is not None:
                     values[code_prop] = row[code_field]
-            elif has_code and code_prop in values:
+            elif code_prop is not None and code_prop in values:
                 code = values[code_prop]
                 if not code or (nav.target == "currency" and code == lcy.upper()):
                     values[nav.via] = None
                     values[code_prop] = ""
                     continue
-                row = conn.execute(table.select().where(
+                by_code = conn.execute(table.select().where(
                     table.c[code_field] == code, table.c.companyId == company_id)).mappings().first()
-                if row is None:
+                if by_code is None:
                     raise BCError(400, "Application_DialogException",
                                   f'The "{code_prop}" does not match to a {entity_info(target).caption}.')
-                values[nav.via] = row[target.key]
+                values[nav.via] = by_code[target.key]
 
     def _code_references(self, conn: Connection, entity: EntityType, company_id: str, values: dict[str, Any]) -> None:
         """Code fields with a table relation (salespersonCode, country, …) must name an existing row."""
@@ -296,7 +298,7 @@ class BCBackend:
             target = self.entity(target_name)
             table = self.store.table(target)
             found = conn.execute(sa.select(table.c[target.key]).where(
-                table.c[field_name] == code, table.c[target.scope_property] == company_id).limit(1)).first()
+                table.c[field_name] == code, *self._scope(target, company_id)).limit(1)).first()
             if found is None:
                 caption = entity_info(entity).caption
                 related = entity_info(target).caption

@@ -30,7 +30,7 @@ from .models import BCBackend, Company
 from .serializer import BCSerializer, parse_bc_etag
 from .tables import entity_info
 
-STANDARD_API = ("v2.0",)
+STANDARD_API: tuple[str, ...] = ("v2.0",)
 SUCCESS_TYPE = "application/json; odata.metadata=minimal; odata.streaming=true"
 MAX_BATCH_OPERATIONS = 100
 DEFAULT_MAX_PAGE_SIZE = 20_000
@@ -162,11 +162,11 @@ class BCService:
         company_arg = req.args.get("company")
         if company_arg is None:
             raise exc.resource_not_found(head.name)
-        company = self.backend.find_company(company_arg)
-        if company is None:
+        found = self.backend.find_company(company_arg)
+        if found is None:
             raise BCError(400, "Internal_CompanyNotFound", f"Cannot process the request because the company "
                                                           f"'{company_arg}' does not exist.")
-        return self.entity_request(req, route, root_url, company, rest, scoped_context=False)
+        return self.entity_request(req, route, root_url, found, rest, scoped_context=False)
 
     def _company(self, key: str) -> Company:
         try:
@@ -372,10 +372,12 @@ class BCService:
         if self.webhooks is None or not entity_info(entity).webhooks:
             return
         hooks = self.webhooks
+        modified_on = entity.modified_on
+        assert modified_on is not None, "every BC table declares its modification time"
 
         def notify() -> None:
             hooks.record_change(company_id=company.id, entity_set=entity.set_name, record_id=row[entity.key],
-                                change_type=change, modified_at=row.get(entity.modified_on), api_prefix=prefix)
+                                change_type=change, modified_at=row.get(modified_on), api_prefix=prefix)
 
         self.tx.after_commit(notify)
 

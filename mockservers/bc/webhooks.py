@@ -18,7 +18,7 @@ import re
 import secrets
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -678,7 +678,7 @@ class Webhooks:
             conn.execute(subscription_table.delete().where(subscription_table.c.subscription_id.in_(ids)))
             self._drop_pending(ids)
 
-    def _drop_pending(self, ids: list[str]) -> None:
+    def _drop_pending(self, ids: Sequence[str]) -> None:
         with self._lock:
             for url in list(self._outboxes):
                 box = self._outboxes[url]

@@ -17,7 +17,7 @@ from ..sandbox.install import install_sandbox
 from ..sandbox.limits import DATAVERSE_LIMITS, DATAVERSE_MESSAGES, ServiceProtection, dataverse_budget_headers
 from ..sandbox.services import SandboxServices
 from .exceptions import DataverseError
-from .models import DataverseBackend
+from .models import Caller, DataverseBackend
 from .responses import API_PATH, DataverseService, Request
 
 MAX_BODY_BYTES = 128 * 1024 * 1024
@@ -84,6 +84,7 @@ def create_app(
         g.principal = claims.get("oid") or claims.get("appid")
         sandbox_admit(g.principal)
         with backend.store.read() as conn:
+            caller: Caller | None
             if validator is None:
                 caller = backend.system_caller(conn)
             else:

@@ -286,7 +286,9 @@ def _subparts(message: Message) -> Iterator[Message]:
     payload = message.get_payload()
     if not isinstance(payload, list):
         raise BatchFormatError("The multipart body holds no parts.")
-    yield from payload
+    for part in payload:  # a multipart message's payload is a list of messages
+        assert isinstance(part, Message)
+        yield part
 
 
 def _is_batch_url(url: str) -> bool:

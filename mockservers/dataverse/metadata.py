@@ -72,9 +72,9 @@ def _lookup_targets(entity: EntityType, prop: Property) -> list[str]:
         if not nav.collection and nav.via == prop.name and nav.target not in targets:
             targets.append(nav.target)
     if not targets and prop.lookup:
-        nav = entity.navigation(prop.lookup)
-        if nav is not None:
-            targets.append(nav.target)
+        declared = entity.navigation(prop.lookup)
+        if declared is not None:
+            targets.append(declared.target)
     return targets
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from werkzeug.datastructures import Headers
 
 from ..odata import errors as engine
 from ..odata.database import SessionProvider
@@ -148,7 +148,7 @@ class DataverseBackend:
                 return Caller(row["systemuserid"], row.get("_businessunitid_value"), access)
         return None
 
-    def impersonate(self, conn: Connection, caller: Caller, headers: Mapping[str, str]) -> Caller:
+    def impersonate(self, conn: Connection, caller: Caller, headers: Headers) -> Caller:
         """``MSCRMCallerID`` / ``CallerObjectId``: act as another user, if the caller may
         (https://learn.microsoft.com/power-apps/developer/data-platform/webapi/impersonate-another-user-web-api)."""
         by_id, by_object = headers.get("MSCRMCallerID"), headers.get("CallerObjectId")
@@ -447,15 +447,16 @@ class DataverseBackend:
         if creating:
             if entity.property("_createdby_value"):
                 values["_createdby_value"] = caller.user_id
-            if entity.property("_ownerid_value") and not values.get("_ownerid_value"):
+            owner = entity.property("_ownerid_value")
+            if owner and not values.get("_ownerid_value"):
                 values["_ownerid_value"] = caller.user_id
-                owner_type = entity.property("_ownerid_value").lookup_type_column
-                if owner_type:
-                    values[owner_type] = "systemuser"
+                if owner.lookup_type_column:
+                    values[owner.lookup_type_column] = "systemuser"
             if entity.property("_owningbusinessunit_value") and caller.business_unit_id:
                 values.setdefault("_owningbusinessunit_value", caller.business_unit_id)
-        if entity.property("_ownerid_value") and "_ownerid_value" in values:
-            owner_type = entity.property("_ownerid_value").lookup_type_column
+        owner = entity.property("_ownerid_value")
+        if owner and "_ownerid_value" in values:
+            owner_type = owner.lookup_type_column
             kind = values.get(owner_type) if owner_type else "systemuser"
             if entity.property("_owninguser_value"):
                 values["_owninguser_value"] = values["_ownerid_value"] if kind == "systemuser" else None

@@ -185,7 +185,7 @@ class DataverseService:
     def entity_definitions(self, req: Request, path: str) -> Result:
         query = MetadataQuery(self.schema, self.service_root)
         segments = [s.name + (f"({s.key})" if s.key is not None else "") for s in split_path(path)]
-        status, payload = query.execute(segments, {k: req.args.get(k) for k in req.args if k.startswith("$")})
+        status, payload = query.execute(segments, {k: req.args[k] for k in req.args if k.startswith("$")})
         return Result.json(status, payload)
 
     # -- queries -----------------------------------------------------------------------------
@@ -366,6 +366,7 @@ class DataverseService:
             if row is None:
                 raise exc.not_found(entity.name, head.key)
             if_none = req.headers.get("If-None-Match")
+            assert entity.version_property is not None, "every Dataverse table has a versionnumber"
             if (if_none and if_none != "null" and not opts.expand and not annotations
                     and parse_etag(if_none) == row.get(entity.version_property)):
                 return Result(304, [("ETag", etag(entity, row) or "")])

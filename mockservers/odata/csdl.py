@@ -119,8 +119,8 @@ def _entity_type(
 def _property(
     schema: Schema, entity: EntityType, prop: Property, enums: dict[str, OptionSet], annotations: bool
 ) -> ET.Element:
-    is_enum = prop.options is not None and prop.options.name in enums
-    attrs = {"Name": prop.name, "Type": qualified(schema, prop.options.name) if is_enum else str(prop.type)}
+    enum = prop.options if prop.options is not None and prop.options.name in enums else None
+    attrs = {"Name": prop.name, "Type": qualified(schema, enum.name) if enum is not None else str(prop.type)}
     if prop.name == entity.key or not prop.nullable:
         attrs["Nullable"] = "false"
     if prop.max_length is not None and prop.type in (Edm.String, Edm.Binary):

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from flask import Response
 from werkzeug.datastructures import Headers
-from werkzeug.wrappers import Response
 
 from .errors import QuerySyntaxError
 

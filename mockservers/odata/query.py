@@ -233,7 +233,9 @@ class QueryRunner:
         """Rows that sort after ``last`` in ``orderby`` + key order (NULLs first ascending, as SQLite)."""
         table = self.store.table(entity)
         keys = [(name, desc) for name, desc in orderby] + [(entity.key, False)]
-        condition = None
+        condition: sa.ColumnElement[bool] | None = None
+        beyond: sa.ColumnElement[bool]
+        same: sa.ColumnElement[bool]
         for name, desc in reversed(keys):
             col, value = table.c[name], last.get(name)
             if value is None:
@@ -298,7 +300,7 @@ class QueryRunner:
                 continue
             if nav.collection:
                 keys = [r[entity.key] for r in rows]
-                conds = [table.c[nav.via].in_(keys)]
+                conds: list[sa.ColumnElement[bool]] = [table.c[nav.via].in_(keys)]
                 if nav.discriminator:
                     conds.append(table.c[nav.discriminator] == nav.discriminator_value)
                 stmt = self.order(target, self.base_select(target, item.options, conds), item.options.orderby)
@@ -319,18 +321,20 @@ class QueryRunner:
                     if r.get(nav.via) and (not nav.discriminator or r.get(nav.discriminator) == nav.discriminator_value)
                 }
                 # Scoped on both sides (BC companies): a reference resolves within the row's own scope.
-                scoped = bool(entity.scope_property and target.scope_property)
+                # ``scope`` is (the row's scope property, the target's scope property) then.
+                scope = ((entity.scope_property, target.scope_property)
+                         if entity.scope_property and target.scope_property else None)
                 targets: dict[Any, Row] = {}
                 if wanted:
                     conds = [table.c[target.key].in_(wanted)]
-                    if scoped:
-                        conds.append(table.c[target.scope_property].in_({r[entity.scope_property] for r in rows}))
+                    if scope is not None:
+                        conds.append(table.c[scope[1]].in_({r[scope[0]] for r in rows}))
                     stmt = self.base_select(target, item.options, conds)
                     children = [dict(r) for r in conn.execute(stmt).mappings()]
                     self.expand(conn, target, children, item.options.expand)
-                    targets = {((c[target.scope_property], c[target.key]) if scoped else c[target.key]): c
+                    targets = {((c[scope[1]], c[target.key]) if scope is not None else c[target.key]): c
                                for c in children}
                 for row in rows:
                     matches = not nav.discriminator or row.get(nav.discriminator) == nav.discriminator_value
-                    wanted_key = (row[entity.scope_property], row.get(nav.via)) if scoped else row.get(nav.via)
+                    wanted_key = (row[scope[0]], row.get(nav.via)) if scope is not None else row.get(nav.via)
                     row[item.name] = targets.get(wanted_key) if matches else None

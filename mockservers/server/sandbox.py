@@ -92,6 +92,7 @@ class Sandbox:
     threads: list[threading.Thread] = field(default_factory=list)
     tls_files: TlsFiles | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    _lock: DataDirLock | None = field(default=None, init=False, repr=False)  # held while started
 
     def start(self) -> dict[str, Any]:
         """Lock the data dir, bind, build and serve every service.
@@ -124,8 +125,8 @@ class Sandbox:
         slots: dict[str, _AppSlot] = {}
         for name, port in (("identity", cfg.identity_port), ("dataverse", cfg.dataverse_port), ("bc", cfg.bc_port)):
             slot = _AppSlot()
-            app = AccessLog(slot, name) if cfg.access_log else slot
-            server = bind(name, cfg.host, port, app)
+            served = AccessLog(slot, name) if cfg.access_log else slot
+            server = bind(name, cfg.host, port, served)
             self.servers[name] = server
             slots[name] = slot
             self.urls[name] = f"{scheme}://{public_host}:{server.port}"
@@ -226,6 +227,6 @@ class Sandbox:
             self.webhooks.stop()
         for backend in getattr(self, "backends", {}).values():
             backend.store.engine.dispose()
-        if getattr(self, "_lock", None) is not None:
+        if self._lock is not None:
             self._lock.release()
             self._lock = None

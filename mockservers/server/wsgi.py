@@ -67,7 +67,8 @@ class _Connection(cheroot_server.HTTPConnection):
 class _Gateway(wsgi.Gateway_10):
     """Exposes the connection's socket, so the fault injector can drop it mid-request."""
 
-    def get_environ(self) -> dict[str, Any]:
+    # cheroot's bundled stub declares Gateway.get_environ as returning None; it returns the environ dict
+    def get_environ(self) -> dict[str, Any]:  # type: ignore[override]
         environ = super().get_environ()
         environ["werkzeug.socket"] = self.req.conn.socket
         return environ
