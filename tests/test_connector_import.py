@@ -87,3 +87,27 @@ def test_export_then_import_300_customers_couples_every_one(env: ConnectorEnv, t
 
     again = env.run("import", "CUSTOMER", str(chosen))  # the same file again: the same rows, not new ones
     assert again["jobs"][1]["coupled"] == 0 and len(accounts(env, f"Imported {tag}")) == 300
+
+
+def test_dry_runs_of_import_and_match_based_coupling_change_nothing(env: ConnectorEnv, tmp_path: Path) -> None:
+    bc = env.sandbox.bc_session()
+    tag = uuid.uuid4().hex[:6]
+    records = env.create_customers(bc, [f"Dry Import {tag} {i}" for i in range(3)])
+    path = tmp_path / "dry.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["id", "number", "displayName"])
+        writer.writeheader()
+        writer.writerows({"id": r["id"], "number": r["number"], "displayName": r["displayName"]} for r in records)
+    env.clear_journals()
+    out = env.run("import", "CUSTOMER", str(path), "--dry-run")
+    inserted, coupling = out["jobs"]
+    assert inserted["dry_run"] and inserted["inserted"] == 3
+    assert [line for line in inserted["plan"]] == [f"insert account {r['displayName']}" for r in records]
+    assert coupling["dry_run"] and coupling["failed"] == 3  # nothing was inserted, so nothing matches
+    matched = env.run("match-couple", "CUSTOMER", records[0]["number"], "--create-new", "--dry-run")["jobs"][0]
+    assert matched["plan"] == [f"no unique match for Customer {records[0]['number']}",
+                               f"create Customer {records[0]['number']} in Dataverse"]
+    writes = [e for s in ("dataverse", "bc") for e in env.journal(s)
+              if e["method"] != "GET" and not e["path"].startswith("/_sandbox")]
+    assert writes == [] and accounts(env, f"Dry Import {tag}") == []
+    assert [c for c in env.couplings("customers") if c.bc_id in {r["id"] for r in records}] == []
