@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from .store import Direction, JobError, JobType, State, SyncJob
 
@@ -70,14 +71,21 @@ class JobLog:
             self._errors = []
             return
         with self.state.session() as session:
-            job = session.get(SyncJob, self.id)
-            assert job is not None
-            for name in COUNTERS:
-                setattr(job, name, self.counts[name])
-            job.message = self.message[:250] if self.message else None
-            if finished:
-                job.finished_at = utcnow()
-            session.add_all(self._errors)
+            self.write(session, finished=finished)
+
+    def write(self, session: Session, *, finished: bool = False) -> None:
+        """Write the counters and new errors in ``session``: in the transaction that records what the
+        counters count (the couplings), so a crash cannot leave one without the other."""
+        if not self.persist:
+            return
+        job = session.get(SyncJob, self.id)
+        assert job is not None
+        for name in COUNTERS:
+            setattr(job, name, self.counts[name])
+        job.message = self.message[:250] if self.message else None
+        if finished:
+            job.finished_at = utcnow()
+        session.add_all(self._errors)
         self._errors = []
 
     def finish(self, message: str | None = None) -> None:

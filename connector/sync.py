@@ -219,8 +219,7 @@ class Pass:
     # -- the algorithm --------------------------------------------------------------------------
     def run(self, sources: Iterable[dict[str, Any]]) -> None:
         for chunk in chunks(sources, self.cx.config.page_size):
-            self.run_chunk(chunk)
-            self.job.flush()
+            self.run_chunk(chunk)  # its counters are written with its couplings
             if self.progress:
                 self.progress(len(chunk))
 
@@ -549,6 +548,7 @@ class Pass:
                 if item.message:  # a follow-up step failed after the record itself was written
                     self.job.error(self._ref(item), self._label_source(item), self._label_destination(item),
                                    item.message)
+            self.job.write(session)
 
     def _record_plan(self, items: list[Item]) -> None:
         """A dry run counts and describes; the state stays as it was."""

@@ -206,6 +206,7 @@ def _apply_fault(hooks: SandboxHooks, state: _RequestState, decision: FaultDecis
         rejection = hooks.sandbox.limits.rejection_for(REQUESTS, decision.retry_after or 1)
         return hooks._render_rejection(rejection)
     if decision.kind == "drop":
+        _record(hooks, state, None)  # journaled before the cut, so a client that saw it finds it there
         return _drop_connection()
     return None
 
