@@ -107,7 +107,7 @@ class ScheduledRun:
         else:
             records = self.cx.bc.rows(self.mapping.bc_entity, select=["id", code_field(self.mapping)],
                                       filter=self.mapping.table_filter)
-            OptionPass(self.cx, self.mapping, job, self.progress).run(records, insert_only=True)
+            OptionPass(self.cx, self.mapping, job, self.progress).run(records)
         job.finish()
         return job
 

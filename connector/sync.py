@@ -372,9 +372,9 @@ class Pass:
         if resolution is UpdateConflict.NONE:
             changed = transfer.bidirectional_changes[0]
             self._fail(item, f"Cannot update a record in the {self._destination_caption()} table. The mapping between "
-                             f"{changed.bc_field} field on the {self.entity.caption} table and the "
-                             f"{changed.dataverse_field} field on the {self.table.logical_name} table is "
-                             "bi-directional, and one or both values have changed since the last synchronization.")
+                             f"{self.entity.field_caption(changed.bc_field or '')} field on the {self.entity.caption} "
+                             f"table and the {changed.dataverse_field} field on the {self.table.logical_name} table "
+                             "is bi-directional, and one or both values have changed since the last synchronization.")
             return False
         wins = (resolution is UpdateConflict.SEND_UPDATE) == self.to_dataverse
         item.action = Action.FORCE_MODIFY if wins else Action.SKIP

@@ -49,6 +49,14 @@ class BCEntity:
     def __post_init__(self) -> None:
         object.__setattr__(self, "codes", self.codes | {self.number_field})
 
+    def field_caption(self, name: str) -> str:
+        """The BC field's caption ("Shipment Method Code" for shipmentMethodId), else its API name."""
+        if name in self.references:
+            return self.references[name][1]
+        if name in self.code_references:
+            return self.code_references[name][1]
+        return self.captions.get(name, name)
+
 
 _ADDRESS_CODES = frozenset({"country", "postalCode"})
 _OWNER = {"ownerid": "systemuser"}

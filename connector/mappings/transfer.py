@@ -159,16 +159,12 @@ class FieldTransfer:
 
     def _shown(self, f: FieldMapping, source: dict[str, Any]) -> tuple[str, str]:
         assert f.bc_field is not None
-        caption = self.bc.captions.get(f.bc_field, f.bc_field)
         value = source.get(f.bc_field)
         if f.bc_field in self.bc.references:
-            _, caption, code_field = self.bc.references[f.bc_field]
-            entity_set = self.bc.references[f.bc_field][0]
+            entity_set, _, code_field = self.bc.references[f.bc_field]
             value = (source.get(code_field) if code_field else None) or (
                 self.resolver.code_of(entity_set, str(value)) if value else None) or value
-        elif f.bc_field in self.bc.code_references:
-            caption = self.bc.code_references[f.bc_field][1]
-        return caption, str(value)
+        return self.bc.field_caption(f.bc_field), str(value)
 
     def _related_bc_id(self, f: FieldMapping, via: TableMapping, source: dict[str, Any]) -> str | None:
         assert f.bc_field is not None
