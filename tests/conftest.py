@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -254,6 +255,20 @@ class ConnectorEnv:
     def set_sync(self, **values: int) -> None:
         """Change the [sync] section of the config file (page and batch sizes, retries)."""
         self.set_section("sync", **values)
+
+    def accounts(self, prefix: str, select: str = "name") -> list[dict[str, Any]]:
+        """Every Dataverse account whose name starts with ``prefix``, read page by page."""
+        dv = self.sandbox.session()
+        rows: list[dict[str, Any]] = []
+        url: str | None = f"{self.sandbox.api}/accounts?$select={select}&$filter=startswith(name,'{prefix}')"
+        while url:
+            body = dv.get(url, headers={"Prefer": "odata.maxpagesize=5000"}).json()
+            rows += body["value"]
+            url = body.get("@odata.nextLink")
+        return rows
+
+    def account_names(self, prefix: str) -> Counter[str]:
+        return Counter(r["name"] for r in self.accounts(prefix))
 
     def journal(self, service: str) -> list[dict[str, Any]]:
         resp = self.sandbox.control("GET", "journal", service=service)

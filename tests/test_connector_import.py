@@ -6,7 +6,6 @@ import csv
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import openpyxl
 import pytest
@@ -21,16 +20,7 @@ def env(own_connector: ConnectorEnv) -> ConnectorEnv:
     return connector
 
 
-def accounts(env: ConnectorEnv, prefix: str) -> list[dict[str, Any]]:
-    dv = env.sandbox.session()
-    rows: list[dict[str, Any]] = []
-    url: str | None = (f"{env.sandbox.api}/accounts?$select=name,customertypecode,_bcbi_companyid_value"
-                       f"&$filter=startswith(name,'{prefix}')")
-    while url:
-        body = dv.get(url, headers={"Prefer": "odata.maxpagesize=5000"}).json()
-        rows += body["value"]
-        url = body.get("@odata.nextLink")
-    return rows
+COLUMNS = "name,customertypecode,_bcbi_companyid_value"
 
 
 def test_a_file_with_one_bad_row_imports_nothing_and_names_the_row(env: ConnectorEnv, tmp_path: Path) -> None:
@@ -49,7 +39,7 @@ def test_a_file_with_one_bad_row_imports_nothing_and_names_the_row(env: Connecto
     assert "nothing imported, 2 bad row(s)" in message
     assert "line 3: name is" in message and "Dataverse allows 160" in message
     assert "line 4: 'lots' is not a number" in message
-    assert accounts(env, f"Bad File {tag}") == []
+    assert env.accounts(f"Bad File {tag}", select=COLUMNS) == []
     assert [c for c in env.couplings("customers") if c.bc_id in {r["id"] for r in records}] == []
 
 
@@ -78,7 +68,7 @@ def test_export_then_import_300_customers_couples_every_one(env: ConnectorEnv, t
     result = env.run("import", "CUSTOMER", str(chosen))
     inserted, coupling = result["jobs"]
     assert inserted["inserted"] == 300 and coupling["coupled"] == 300 and coupling["failed"] == 0
-    rows = accounts(env, f"Imported {tag}")
+    rows = env.accounts(f"Imported {tag}", select=COLUMNS)
     assert len(rows) == 300
     company = env.run("test-connection")["bcbi_company"]
     assert Counter((r["customertypecode"], r["_bcbi_companyid_value"]) for r in rows) == Counter({(3, company): 300})
@@ -86,7 +76,7 @@ def test_export_then_import_300_customers_couples_every_one(env: ConnectorEnv, t
     assert len(couplings) == 300 and {c.dataverse_id for c in couplings} == {r["accountid"] for r in rows}
 
     again = env.run("import", "CUSTOMER", str(chosen))  # the same file again: the same rows, not new ones
-    assert again["jobs"][1]["coupled"] == 0 and len(accounts(env, f"Imported {tag}")) == 300
+    assert again["jobs"][1]["coupled"] == 0 and len(env.accounts(f"Imported {tag}", select=COLUMNS)) == 300
 
 
 def test_dry_runs_of_import_and_match_based_coupling_change_nothing(env: ConnectorEnv, tmp_path: Path) -> None:
@@ -109,5 +99,5 @@ def test_dry_runs_of_import_and_match_based_coupling_change_nothing(env: Connect
                                f"create Customer {records[0]['number']} in Dataverse"]
     writes = [e for s in ("dataverse", "bc") for e in env.journal(s)
               if e["method"] != "GET" and not e["path"].startswith("/_sandbox")]
-    assert writes == [] and accounts(env, f"Dry Import {tag}") == []
+    assert writes == [] and env.accounts(f"Dry Import {tag}", select=COLUMNS) == []
     assert [c for c in env.couplings("customers") if c.bc_id in {r["id"] for r in records}] == []

@@ -31,16 +31,6 @@ def service_requests(env: ConnectorEnv, service: str) -> list[dict[str, Any]]:
     return [e for e in env.journal(service) if not e["path"].startswith("/_sandbox")]
 
 
-def accounts_named(env: ConnectorEnv, dv: requests.Session, prefix: str) -> Counter[str]:
-    names: Counter[str] = Counter()
-    url: str | None = f"{env.sandbox.api}/accounts?$select=name&$filter=startswith(name,'{prefix}')"
-    while url:
-        body = dv.get(url, headers={"Prefer": "odata.maxpagesize=5000"}).json()
-        names.update(r["name"] for r in body["value"])
-        url = body.get("@odata.nextLink")
-    return names
-
-
 def test_create_in_dataverse_and_synchronize_now_of_500_customers_are_bulk(env: ConnectorEnv) -> None:
     bc, dv = env.sandbox.bc_session(), env.sandbox.session()
     tag = uuid.uuid4().hex[:6]
@@ -56,7 +46,7 @@ def test_create_in_dataverse_and_synchronize_now_of_500_customers_are_bulk(env: 
     assert len(business_central) <= math.ceil(N / BC_ID_CHUNK) + 1, [e["path"] for e in business_central]
     assert len(dataverse) <= math.ceil(N / 500) + 3, [(e["method"], e["path"]) for e in dataverse]
     assert sum(1 for e in dataverse if e["path"].endswith("$batch")) == math.ceil(N / 500)
-    assert accounts_named(env, dv, f"Bulk {tag}") == Counter({r["displayName"]: 1 for r in records})
+    assert env.account_names(f"Bulk {tag}") == Counter({r["displayName"]: 1 for r in records})
 
     env.bc_batch(bc, [{"method": "PATCH", "url": f"companies({env.company_id})/customers({r['id']})",
                        "headers": {"If-Match": "*", "Content-Type": "application/json"}, "body": {"city": "Tromsø"}}
@@ -102,7 +92,7 @@ def test_faults_on_both_services_lose_and_duplicate_nothing(env: ConnectorEnv) -
     # the faults happened: 503s, a burst of 429s, and dropped connections (journaled without a status)
     assert statuses.count(503) >= 5 and statuses.count(429) >= 3
     assert any(a == b == 429 for a, b in zip(statuses, statuses[1:], strict=False))
-    assert accounts_named(env, dv, f"Faulty {tag}") == Counter({r["displayName"]: 1 for r in records})
+    assert env.account_names(f"Faulty {tag}") == Counter({r["displayName"]: 1 for r in records})
     couplings = [c for c in env.couplings("customers") if c.bc_id in {r["id"] for r in records}]
     assert len(couplings) == 200 and not any(c.pending for c in couplings)
     assert len({c.dataverse_id for c in couplings}) == 200
