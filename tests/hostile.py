@@ -139,8 +139,8 @@ def changeset(parts: list[str], boundary: str = "changeset_hostile") -> str:
     return f"Content-Type: multipart/mixed; boundary={boundary}\r\n\r\n{inner}"
 
 
-def batch_parts(resp: requests.Response) -> list[tuple[int, str, bytes]]:
-    """(status, content type, body) of every response inside a multipart $batch reply."""
+def batch_responses(resp: requests.Response) -> list[tuple[int, dict[str, str], bytes]]:
+    """(status, headers, body) of every HTTP response inside a multipart $batch reply, in order."""
     raw = f"Content-Type: {resp.headers['Content-Type']}\r\n\r\n".encode() + resp.content
     message = email.message_from_bytes(raw, policy=email.policy.HTTP)
     out = []
@@ -151,5 +151,10 @@ def batch_parts(resp: requests.Response) -> list[tuple[int, str, bytes]]:
         head, _, body = payload.replace(b"\r\n", b"\n").partition(b"\n\n")
         status_line, *header_lines = head.decode().split("\n")
         headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-        out.append((int(status_line.split()[1]), headers.get("content-type", ""), body.strip()))
+        out.append((int(status_line.split()[1]), headers, body.strip()))
     return out
+
+
+def batch_parts(resp: requests.Response) -> list[tuple[int, str, bytes]]:
+    """(status, content type, body) of every response inside a multipart $batch reply."""
+    return [(status, headers.get("content-type", ""), body) for status, headers, body in batch_responses(resp)]

@@ -8,8 +8,6 @@ aimed at one record, and the test checks that the record is unchanged afterwards
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import threading
 import uuid
@@ -19,6 +17,8 @@ from typing import Any
 
 import pytest
 import requests
+
+from tests.hostile import batch_responses
 
 pytestmark = pytest.mark.storage
 
@@ -47,22 +47,6 @@ def http_part(request_line: str, body: str | None = None, content_id: str | None
 def changeset(parts: list[str], boundary: str = "changeset_errors") -> str:
     inner = "".join(f"--{boundary}\r\n{p}" for p in parts) + f"--{boundary}--\r\n"
     return f"Content-Type: multipart/mixed; boundary={boundary}\r\n\r\n{inner}"
-
-
-def batch_responses(resp: requests.Response) -> list[tuple[int, dict[str, str], bytes]]:
-    """(status, headers, body) of every HTTP response inside a multipart $batch reply, in order."""
-    raw = f"Content-Type: {resp.headers['Content-Type']}\r\n\r\n".encode() + resp.content
-    message = email.message_from_bytes(raw, policy=email.policy.HTTP)
-    out = []
-    for part in message.walk():
-        if part.get_content_type() != "application/http":
-            continue
-        payload = part.get_payload(decode=True)
-        head, _, body = payload.replace(b"\r\n", b"\n").partition(b"\n\n")
-        status_line, *header_lines = head.decode().split("\n")
-        headers = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
-        out.append((int(status_line.split()[1]), headers, body.strip()))
-    return out
 
 
 def assert_envelope(body: Any) -> dict[str, str]:
