@@ -101,7 +101,7 @@ def main() -> None:
                 print(f"{size:>7} {seconds:>8.1f} {size / seconds:>10.0f} {peak_kib / 1024:>7.0f}MB "
                       f"{dv:>7} {bc_requests:>7} {bound:>12}   (BC setup {setup_seconds:.0f} s)", flush=True)
         finally:
-            sandbox.sandbox.stop()
+            sandbox.stop()
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ def main() -> None:
             print(f"  {seconds:.1f} s, peak RSS {peak_kib / 1024:.0f} MB, requests: Dataverse {dataverse}, "
                   f"BC {bc} (lower bound {bound} pages of 500); setup {setup:.0f} s")
         finally:
-            sandbox.sandbox.stop()
+            sandbox.stop()
 
 
 if __name__ == "__main__":

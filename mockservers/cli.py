@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import click
+import requests
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -124,6 +127,106 @@ def info(data_dir: Path) -> None:
     if not path.is_file():
         raise click.ClickException(f"{path} not found; start the sandbox with `mockservers serve` first")
     click.echo(json.dumps(json.loads(path.read_text()), indent=2))
+
+
+SERVICE_NAMES = ("dataverse", "bc")
+
+
+def _running_sandbox(data_dir: Path) -> dict:
+    path = data_dir / "sandbox.json"
+    if not path.is_file():
+        raise click.ClickException(f"{path} not found; start the sandbox with `mockservers serve` first "
+                                   "(or pass --data-dir)")
+    try:
+        info = json.loads(path.read_text())
+        info["admin_token"], info["dataverse"]["url"], info["bc"]["url"]  # noqa: B018 (the keys must be there)
+    except (ValueError, KeyError, TypeError):
+        raise click.ClickException(f"{path} is not a sandbox.json written by `mockservers serve`") from None
+    return dict(info)
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".sandbox"),
+              show_default=True, help="The data dir of the running sandbox (its sandbox.json).")
+@click.option("--service", type=click.Choice(["dataverse", "bc", "all"]), default="all", show_default=True)
+@click.option("--method", default=None, help="Only this HTTP method.")
+@click.option("--path", "path_pattern", default=None, help="Glob over the whole path: '/api/data/v9.2/accounts(*)'.")
+@click.option("--path-prefix", default=None, help="Only paths starting with this.")
+@click.option("--status", default=None, help="A status code, a class such as 4xx, or 'dropped'.")
+@click.option("--header", "headers", multiple=True,
+              help="Header condition, repeatable: NAME (present), !NAME (absent), NAME=VALUE, NAME~REGEX.")
+@click.option("--query", "query", multiple=True, help="Query option condition, same forms: '$filter~modifiedon'.")
+@click.option("--body", default=None, help="Text the request body contains.")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Only the newest N entries.")
+@click.option("--follow", is_flag=True, help="Keep printing new requests until Ctrl+C.")
+@click.option("--clear", is_flag=True, help="Empty the journal(s) instead of printing.")
+@click.option("--json", "as_json", is_flag=True, help="Entries as JSON (headers and bodies included).")
+def journal(data_dir: Path, service: str, method: str | None, path_pattern: str | None, path_prefix: str | None,
+            status: str | None, headers: tuple[str, ...], query: tuple[str, ...], body: str | None,
+            limit: int | None, follow: bool, clear: bool, as_json: bool) -> None:
+    """Show the requests a running sandbox's services received (its request journal)."""
+    from .sandbox.journal import JournalQuery, JournalQueryError
+    from .testing.control import ControlClient, ControlError
+
+    info = _running_sandbox(data_dir)
+    names = SERVICE_NAMES if service == "all" else (service,)
+    verify = info.get("ca_bundle") or True
+    controls = {name: ControlClient(info[name]["url"], info["admin_token"], verify=verify, timeout=10)
+                for name in names}
+    args: dict[str, str | list[str]] = {"header": list(headers), "query": list(query)}
+    for name, value in (("method", method), ("path_pattern", path_pattern), ("path", path_prefix),
+                        ("status", status), ("body", body)):
+        if value is not None:
+            args[name] = value
+    try:
+        selection = JournalQuery.from_args(args)
+    except JournalQueryError as error:
+        raise click.ClickException(str(error)) from None
+    try:
+        if clear:
+            for control in controls.values():
+                control.clear_journal()
+            click.echo(f"cleared the journal of {', '.join(names)}")
+            return
+        entries = _journal_entries(controls, selection)
+        shown = entries[-limit:] if limit else entries
+        _print_entries(shown, as_json, lines=follow)
+        while follow:
+            time.sleep(0.5)
+            since = {name: max([e["id"] for e in entries if e["service"] == name], default=0) for name in names}
+            fresh = sorted((e for name in names for e in controls[name].journal(
+                dataclasses.replace(selection, since_id=since[name]))), key=lambda e: e["sequence"])
+            entries += fresh
+            _print_entries(fresh, as_json, lines=True)
+    except KeyboardInterrupt:
+        return
+    except ControlError as error:
+        raise click.ClickException(f"the control API refused: {error.message}") from None
+    except requests.RequestException as error:
+        raise click.ClickException(f"cannot reach the sandbox ({str(error).splitlines()[0][:200]}); "
+                                   f"is `mockservers serve --data-dir {data_dir}` running?") from None
+
+
+def _journal_entries(controls: dict, selection: Any) -> list[dict]:
+    entries = [e for control in controls.values() for e in control.journal(selection)]
+    return sorted(entries, key=lambda e: e["sequence"])
+
+
+def _print_entries(entries: list[dict], as_json: bool, *, lines: bool = False) -> None:
+    """A line per request; with ``as_json`` one JSON array, or a JSON object per line when following."""
+    if as_json:
+        if not lines:
+            click.echo(json.dumps(entries, indent=2))
+        for entry in entries if lines else ():
+            click.echo(json.dumps(entry))
+        return
+    out = Console(soft_wrap=True)
+    for e in entries:
+        target = e["path"] + (f"?{e['query']}" if e["query"] else "")
+        status = str(e["status"]) if e["status"] else "dropped"
+        note = f"  [{e['fault'] or e['rejected_by']}]" if e["fault"] or e["rejected_by"] else ""
+        out.print(f"{e['time'][11:23]} {e['service']:<9} {e['method']:<6} {target} {status} "
+                  f"{e['duration_ms']:.1f} ms{note}", markup=False, highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

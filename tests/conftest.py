@@ -1,10 +1,12 @@
-"""Shared fixtures: a real sandbox (HTTPS, real JWTs, SQLite files) on free ports.
+"""Shared fixtures: a real sandbox (HTTPS, real JWTs, SQLite files) on free ports, built with the
+project's own contract-testing kit (``mockservers.testing``).
 
 Modules marked ``pytestmark = pytest.mark.storage`` (the ones that exercise the store: CRUD, queries,
 paging, batches, concurrency, change tracking) run twice when ``SANDBOX_TEST_POSTGRES_URL`` names a
 PostgreSQL server (a role that may create databases, e.g.
 ``postgresql+psycopg://sandbox:sandbox@127.0.0.1/sandbox``): once on SQLite files, once on two fresh
-PostgreSQL databases of their own.
+PostgreSQL databases of their own. Modules marked ``both_modes`` run once more with the sandbox in
+process (no sockets; ``requests`` answered by the apps), on SQLite.
 """
 
 from __future__ import annotations
@@ -23,92 +25,28 @@ import pytest
 import requests
 import sqlalchemy as sa
 
-from mockservers.server import Sandbox, SandboxConfig
+from mockservers.testing import RunningSandbox
+from mockservers.testing import start_sandbox as start_kit_sandbox
 
 POSTGRES_ENV = "SANDBOX_TEST_POSTGRES_URL"
 
 
 @dataclass
-class RunningSandbox:
-    sandbox: Sandbox
-    info: dict[str, Any]
-    data_dir: Path
-
-    @property
-    def ca_bundle(self) -> str:
-        return self.info["ca_bundle"]
-
-    @property
-    def api(self) -> str:
-        return self.info["dataverse"]["api_root"]
-
-    def token(self, scope: str | None = None, client_id: str | None = None, secret: str | None = None) -> str:
-        resp = requests.post(
-            f"{self.info['identity']['authority']}/oauth2/v2.0/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": client_id or self.info["app"]["client_id"],
-                "client_secret": secret or self.info["app"]["client_secret"],
-                "scope": scope or self.info["dataverse"]["scope"],
-            },
-            verify=self.ca_bundle,
-            timeout=10,
-        )
-        resp.raise_for_status()
-        return resp.json()["access_token"]
-
-    def session(self, token: str | None = None) -> requests.Session:
-        s = requests.Session()
-        s.verify = self.ca_bundle
-        s.headers.update({
-            "Authorization": f"Bearer {token or self.token()}",
-            "Accept": "application/json",
-            "OData-MaxVersion": "4.0",
-            "OData-Version": "4.0",
-        })
-        return s
-
-    @property
-    def bc_api(self) -> str:
-        return self.info["bc"]["api_root"]
-
-    @property
-    def companies(self) -> list[str]:
-        """BC company ids, CRONUS USA first."""
-        return [c["id"] for c in self.info["bc"]["companies"]]
-
-    def bc_token(self) -> str:
-        return self.token(scope=self.info["bc"]["scope"])
-
-    def bc_session(self) -> requests.Session:
-        s = requests.Session()
-        s.verify = self.ca_bundle
-        s.headers.update({"Authorization": f"Bearer {self.bc_token()}", "Accept": "application/json"})
-        return s
-
-    def control(self, method: str, path: str, service: str = "dataverse", **kwargs: Any) -> requests.Response:
-        url = f"{self.info[service]['url']}/_sandbox/{path.lstrip('/')}"
-        headers = {"Authorization": f"Bearer {self.info['admin_token']}"}
-        return requests.request(method, url, headers=headers, verify=self.ca_bundle, timeout=10, **kwargs)
-
-
-@dataclass
 class Databases:
-    """Where one sandbox keeps its state: None for the default SQLite files in its data dir."""
+    """Where one sandbox keeps its state (None: the default SQLite files in its data dir), and whether
+    it serves on sockets (``live``) or in process."""
 
     name: str
     dataverse: str | None = None
     bc: str | None = None
     connector: str | None = None  # the connector's state, for modules that run one
+    mode: str = "live"
 
 
 def start_sandbox(data_dir: Path, *, seed: bool = True, databases: Databases | None = None) -> RunningSandbox:
     databases = databases or Databases("sqlite")
-    config = SandboxConfig(data_dir=data_dir, identity_port=0, dataverse_port=0, bc_port=0, tls=True, seed=seed,
-                           webhook_delay_seconds=0.2, db_url=databases.dataverse, bc_db_url=databases.bc)
-    sandbox = Sandbox(config)
-    info = sandbox.start()
-    return RunningSandbox(sandbox, info, data_dir)
+    return start_kit_sandbox(data_dir, mode=databases.mode, fixture="default" if seed else None, tls=True,  # type: ignore[arg-type]
+                             db_url=databases.dataverse, bc_db_url=databases.bc)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -126,6 +64,7 @@ def _no_foreign_ca_bundle() -> Iterator[None]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "storage: runs on SQLite and, with SANDBOX_TEST_POSTGRES_URL, on PostgreSQL")
+    config.addinivalue_line("markers", "both_modes: runs against a live sandbox and against one in process")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -133,6 +72,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         legs = ["sqlite"]
         if metafunc.definition.get_closest_marker("storage") and os.environ.get(POSTGRES_ENV):
             legs.append("postgresql")
+        if metafunc.definition.get_closest_marker("both_modes"):
+            legs.append("inprocess")
         metafunc.parametrize("databases", legs, indirect=True, scope="module")
 
 
@@ -175,8 +116,9 @@ def postgres_databases(admin_url: str) -> Iterator[Databases]:
 @pytest.fixture(scope="module")
 def databases(request: pytest.FixtureRequest) -> Iterator[Databases]:
     """The databases of the module's sandbox: SQLite files, or (storage modules' second leg) PostgreSQL."""
-    if getattr(request, "param", "sqlite") == "sqlite":
-        yield Databases("sqlite")
+    leg = getattr(request, "param", "sqlite")
+    if leg in ("sqlite", "inprocess"):
+        yield Databases("sqlite", mode="inprocess" if leg == "inprocess" else "live")
         return
     with postgres_databases(os.environ[POSTGRES_ENV]) as created:
         yield created
@@ -189,7 +131,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> I
     try:
         yield running
     finally:
-        running.sandbox.stop()
+        running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -340,10 +282,10 @@ def connector_env(sandbox: RunningSandbox, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture(scope="module")
-def own_connector(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectorEnv]:
+def own_connector(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Iterator[ConnectorEnv]:
     """A connector with a sandbox of its own, for modules whose data must not meet other modules'."""
-    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"))
+    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"), databases=databases)
     try:
-        yield start_connector(sandbox, tmp_path_factory.mktemp("connector"))
+        yield start_connector(sandbox, tmp_path_factory.mktemp("connector"), state_url=databases.connector)
     finally:
-        sandbox.sandbox.stop()
+        sandbox.stop()

@@ -15,7 +15,7 @@ import requests
 
 from tests.conftest import ConnectorEnv, RunningSandbox
 
-pytestmark = pytest.mark.storage  # mock services and the connector's state on PostgreSQL too
+pytestmark = [pytest.mark.storage, pytest.mark.both_modes]  # on PostgreSQL too, and in process
 
 COUNTERS = ("inserted", "modified", "deleted", "unchanged", "skipped", "failed", "coupled", "uncoupled")
 

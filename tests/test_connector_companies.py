@@ -7,12 +7,14 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import start_connector, start_sandbox
+from tests.conftest import Databases, start_connector, start_sandbox
+
+pytestmark = pytest.mark.both_modes
 
 
 @pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"))
+def pair(tmp_path_factory: pytest.TempPathFactory, databases: Databases) -> Any:
+    sandbox = start_sandbox(tmp_path_factory.mktemp("sandbox"), databases=databases)
     try:
         first = start_connector(sandbox, tmp_path_factory.mktemp("cronus"), company_index=0)
         second = start_connector(sandbox, tmp_path_factory.mktemp("mycompany"), company_index=1)
@@ -22,7 +24,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Any:
             env.run("run", "--mapping", "PAYMENT TERMS", "--mapping", "SHIPMENT METHOD")
         yield sandbox, first, second
     finally:
-        sandbox.sandbox.stop()
+        sandbox.stop()
 
 
 def test_rows_stamped_by_one_company_are_invisible_to_the_other(pair: Any) -> None:

@@ -113,6 +113,7 @@ def test_an_untrusted_certificate_fails_at_once_instead_of_being_retried(sandbox
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.both_modes  # against a live sandbox, and in process
 def test_setup_creates_this_company_row_when_dataverse_has_none(sandbox: RunningSandbox, tmp_path: Path) -> None:
     from tests.conftest import start_connector
 

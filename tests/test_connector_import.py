@@ -12,6 +12,8 @@ import pytest
 
 from tests.conftest import ConnectorEnv
 
+pytestmark = pytest.mark.both_modes  # against a live sandbox, and in process
+
 
 @pytest.fixture(scope="module")
 def env(own_connector: ConnectorEnv) -> ConnectorEnv:

@@ -10,6 +10,8 @@ import requests
 
 from tests.conftest import ConnectorEnv
 
+pytestmark = pytest.mark.both_modes  # against a live sandbox, and in process
+
 COUNTERS = ("inserted", "modified", "unchanged", "skipped", "failed", "coupled")
 
 

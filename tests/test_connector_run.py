@@ -13,6 +13,8 @@ import requests
 
 from tests.conftest import ConnectorEnv
 
+pytestmark = pytest.mark.both_modes  # against a live sandbox, and in process
+
 COUNTERS = ("inserted", "modified", "deleted", "unchanged", "skipped", "failed", "coupled", "uncoupled")
 
 

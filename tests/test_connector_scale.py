@@ -19,6 +19,8 @@ from connector.clients.bc import ID_CHUNK as BC_ID_CHUNK
 from connector.clients.dataverse import ID_CHUNK as DATAVERSE_ID_CHUNK
 from tests.conftest import ConnectorEnv
 
+pytestmark = pytest.mark.both_modes  # against a live sandbox, and in process
+
 N = 500
 
 

@@ -6,20 +6,18 @@ input gets a clear 4xx, never a 500.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import requests
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.serving import make_server
 
 from mockservers.sandbox.control import control_blueprint
 from mockservers.sandbox.hooks import install_sandbox_hooks, sandbox_admit
 from mockservers.sandbox.limits import DATAVERSE_MESSAGES, ServiceProtection
 from mockservers.sandbox.services import SandboxServices, is_control_path
+from tests.servers import serve
 
 TOKEN = "control-admin-token"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
@@ -37,7 +35,10 @@ class FakeService:
         self.resets += 1
         self.rows = 0
 
-    def seed(self, fixture: str) -> dict[str, Any]:
+    def seed(self, fixture: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
+        if document is not None:
+            self.rows += len(document.get("rows", []))
+            return {"fixture": "inline", "created": {"accounts": len(document.get("rows", []))}}
         if fixture == "broken":
             raise ValueError("row 3 has no name")
         if fixture not in ("default", "large"):
@@ -77,18 +78,6 @@ def build_app(sandbox: SandboxServices, service: FakeService) -> Flask:
         return jsonify(value=[])
 
     return app
-
-
-@contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(5)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from mockservers.sandbox.fixtures import BUILTIN_DIR
-from mockservers.server import Sandbox, SandboxConfig
+from mockservers.testing import start_sandbox
 from tests.conftest import RunningSandbox
 
 ACCOUNT = {"accountid": "f1000000-0000-4000-8000-000000000001", "name": "From The Operator's Set"}
@@ -49,15 +49,12 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, library: Path) -> Iterator[RunningSandbox]:
-    data_dir = tmp_path_factory.mktemp("fixtures-sandbox")
-    config = SandboxConfig(data_dir=data_dir, identity_port=0, dataverse_port=0, bc_port=0, tls=True, seed=False,
-                           fixtures_dirs=(library / "sets", library / "single-set"))
-    sandbox = Sandbox(config)
-    running = RunningSandbox(sandbox, sandbox.start(), data_dir)
+    running = start_sandbox(tmp_path_factory.mktemp("fixtures-sandbox"), mode="live", fixture=None,
+                            fixtures_dirs=(library / "sets", library / "single-set"))
     try:
         yield running
     finally:
-        sandbox.stop()
+        running.stop()
 
 
 def seed(served: RunningSandbox, service: str, fixture: object) -> requests.Response:
@@ -138,3 +135,42 @@ def test_files_with_the_admin_token_are_private(served: RunningSandbox, name: st
     mode = stat.S_IMODE((served.data_dir / name).stat().st_mode)
     assert mode == 0o600, oct(mode)
     assert served.info["admin_token"] in (served.data_dir / name).read_text()
+
+
+def test_records_sent_inline_are_seeded_through_the_write_path(served: RunningSandbox) -> None:
+    company = served.companies[0]
+    counts = served.seed(dataverse={"accounts": [{"name": "Inline One", "accountnumber": "IN-1"},
+                                                 {"name": "Inline Two", "accountnumber": "IN-2"}]},
+                         bc={"customers": [{"displayName": "Inline Customer", "city": "Bergen"}]})
+    assert counts == {"dataverse": {"accounts": 2}, "bc": {"customers": 1}}
+    rows = served.session().get(f"{served.api}/accounts?$select=name&$filter=startswith(accountnumber,'IN-')"
+                                "&$orderby=accountnumber").json()["value"]
+    assert [r["name"] for r in rows] == ["Inline One", "Inline Two"]
+    customer = served.bc_session().get(f"{served.bc_api}/companies({company})/customers"
+                                       "?$filter=displayName eq 'Inline Customer'").json()["value"]
+    assert [(c["city"], c["number"][:1]) for c in customer] == [("Bergen", "C")]  # numbered by the series
+
+
+@pytest.mark.parametrize(("service", "body", "says"), [
+    ("dataverse", {"data": {"tables": [{"set": "accounts", "records": [{"name": "Kept Out"}, {"nosuchcolumn": 1}]}]}},
+     "a record was refused"),
+    ("dataverse", {"data": {"tables": [{"set": "nosuchset", "records": [{"name": "x"}]}]}}, "unknown entity set"),
+    ("dataverse", {"data": [1, 2]}, "must be a JSON object"),
+    ("dataverse", {"data": {"tables": "accounts"}}, "'tables' must be a list"),
+    ("dataverse", {"fixture": "default", "data": {}}, "not both"),
+    ("dataverse", {"records": []}, "Unknown seed field"),
+    ("bc", {"data": {"companies": {"id": "x"}}}, "'companies' must be a list"),
+    ("bc", {"data": {"companies": [{"id": "b2a3c4d5-1111-4a2b-9c3d-000000000001", "name": "CRONUS USA, Inc.",
+                                    "tables": [{"set": "customers", "records": [{"displayName": "Kept Out"},
+                                                                                {"colour": "red"}]}]}]}},
+     "a record was refused"),
+])
+def test_inline_records_the_service_refuses_are_400_and_write_nothing(served: RunningSandbox, service: str,
+                                                                       body: dict[str, object], says: str) -> None:
+    resp = served.control("POST", "seed", service=service, json=body)
+    assert resp.status_code == 400, resp.text
+    assert says in resp.json()["error"]["message"]
+    accounts = served.session().get(f"{served.api}/accounts?$filter=name eq 'Kept Out'").json()["value"]
+    customers = served.bc_session().get(f"{served.bc_api}/companies({served.companies[0]})/customers"
+                                        "?$filter=displayName eq 'Kept Out'").json()["value"]
+    assert accounts == customers == []

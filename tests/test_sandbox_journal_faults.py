@@ -10,12 +10,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 import requests
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.serving import make_server
 
 from mockservers.sandbox.control import control_blueprint
 from mockservers.sandbox.faults import FaultConfig, FaultConfigError, FaultInjector
@@ -23,6 +21,7 @@ from mockservers.sandbox.hooks import install_sandbox_hooks, note_batch_operatio
 from mockservers.sandbox.journal import Journal, JournalEntry
 from mockservers.sandbox.limits import DATAVERSE_MESSAGES, ServiceProtection
 from mockservers.sandbox.services import SandboxServices, is_control_path
+from tests.servers import serve
 
 TOKEN = "journal-faults-admin-token"
 
@@ -39,7 +38,7 @@ def build_app(sandbox: SandboxServices) -> Flask:
     app = Flask("journal-faults-test")
     install_sandbox_hooks(app, sandbox, service="testsvc", principal=lambda: g.get("user"),
                           render_error=render_error)
-    app.register_blueprint(control_blueprint(sandbox, reset=lambda: None, seed=lambda name: {"fixture": name}))
+    app.register_blueprint(control_blueprint(sandbox, reset=lambda: None, seed=lambda name, document: {"fixture": name}))
 
     @app.before_request
     def authenticate() -> Response | None:
@@ -68,18 +67,6 @@ def build_app(sandbox: SandboxServices) -> Flask:
         return jsonify(responses=[])
 
     return app
-
-
-@contextmanager
-def serve(app: Flask) -> Iterator[str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        thread.join(5)
 
 
 @pytest.fixture

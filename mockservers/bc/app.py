@@ -8,13 +8,14 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from ..clock import Clock
 from ..identity import BUSINESS_CENTRAL_RESOURCE, InvalidToken, TokenValidator
 from ..odata import database
 from ..odata.protocol import to_response
 from ..sandbox.fixtures import DEFAULT_LIBRARY, FixtureLibrary
 from ..sandbox.hooks import note_batch_operations, sandbox_admit
 from ..sandbox.install import install_sandbox
-from ..sandbox.limits import BC_LIMITS, BC_MESSAGES, ServiceProtection
+from ..sandbox.limits import BC_LIMITS, BC_MESSAGES
 from ..sandbox.services import SandboxServices, UrlLimit
 from .exceptions import BCError
 from .models import BCBackend
@@ -28,9 +29,10 @@ def _error_response(status: int, code: str, message: str, headers: dict[str, str
     return to_response(BCError(status, code, message, headers).result())
 
 
-def new_sandbox_services() -> SandboxServices:
+def new_sandbox_services(clock: Clock | None = None) -> SandboxServices:
     # BC documents no URL limit of its own; it gets the Dataverse one, refused in its own envelope.
-    return SandboxServices(limits=ServiceProtection(BC_LIMITS, messages=BC_MESSAGES), url_limit=UrlLimit(code="BadRequest"))
+    return SandboxServices.for_service(limits=BC_LIMITS, messages=BC_MESSAGES, clock=clock,
+                                       url_limit=UrlLimit(code="BadRequest"))
 
 
 def create_app(
@@ -55,13 +57,13 @@ def create_app(
     app.config.update(database.app_config(database_url))
     app.config.update(config or {})
     engine, session = database.init_app(app)
-    backend = BCBackend(engine, fixture=fixture, session=session, fixtures=fixtures)
+    sandbox = sandbox or new_sandbox_services()
+    backend = BCBackend(engine, fixture=fixture, session=session, fixtures=fixtures, clock=sandbox.clock)
     webhooks = None
     if webhook_config is not None:
-        webhooks = Webhooks(engine, webhook_config, supported_resource=backend.supports_webhooks)
+        webhooks = Webhooks(engine, webhook_config, clock=sandbox.clock.now, supported_resource=backend.supports_webhooks)
     kwargs = {"max_page_size": max_page_size} if max_page_size else {}
     service = BCService(backend, tenant_aliases=tenant_aliases, webhooks=webhooks, **kwargs)
-    sandbox = sandbox or new_sandbox_services()
     app.extensions["bc"] = {"backend": backend, "service": service, "sandbox": sandbox, "webhooks": webhooks}
     install_sandbox(app, sandbox, backend, service="bc", render_error=_error_response)
 

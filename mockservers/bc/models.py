@@ -15,12 +15,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from ..clock import Clock
 from ..odata import errors as engine
 from ..odata.csdl import enum_spellings
 from ..odata.database import SessionProvider
 from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
 from ..odata.schema import Edm, EntityType, Navigation, Property, Schema
-from ..odata.storage import Row, Store, utcnow
+from ..odata.storage import Row, Store
 from ..odata.transactions import Transactions
 from ..odata.values import parse_guid, shown_text, to_stored
 from ..sandbox.fixtures import DEFAULT_LIBRARY, FixtureError, FixtureLibrary
@@ -33,15 +34,19 @@ ZERO_GUID = "00000000-0000-0000-0000-000000000000"
 
 
 def load_fixture(name: str, fixtures: FixtureLibrary = DEFAULT_LIBRARY) -> dict:
-    data = fixtures.load(name, "bc.json")
-    companies = data.get("companies", [])
+    return checked_document(fixtures.load(name, "bc.json"), f"{name}/bc.json")
+
+
+def checked_document(data: dict, where: str) -> dict:
+    """A BC fixture document, its shape checked before anything is written."""
+    companies = data.get("companies", []) if isinstance(data, dict) else None
     if not isinstance(companies, list) or not all(
             isinstance(c, dict) and isinstance(c.get("id"), str) and isinstance(c.get("name"), str)
             and isinstance(c.get("tables", []), list)
             and all(isinstance(t, dict) and isinstance(t.get("set"), str) and isinstance(t.get("records", []), list)
                     and all(isinstance(r, dict) for r in t.get("records", [])) for t in c.get("tables", []))
             for c in companies):
-        raise FixtureError(f"{name}/bc.json: 'companies' must be a list of "
+        raise FixtureError(f"{where}: 'companies' must be a list of "
                            '{"id", "name", "tables": [{"set", "records": [...]}]} objects')
     return data
 
@@ -56,14 +61,15 @@ class Company:
 
 class BCBackend:
     def __init__(self, db: Engine | str = "sqlite://", fixture: str = "default", *,
-                 session: SessionProvider | None = None, fixtures: FixtureLibrary = DEFAULT_LIBRARY) -> None:
+                 session: SessionProvider | None = None, fixtures: FixtureLibrary = DEFAULT_LIBRARY,
+                 clock: Clock | None = None) -> None:
         """``db``: the engine Flask-SQLAlchemy made for the app (or a URL for a standalone store);
         ``session``: the app's request-scoped session provider (``odata.database.init_app``)."""
         self.fixture_name = fixture
         self.fixtures = fixtures
         data = load_fixture(fixture, fixtures)
         self.schema: Schema = build_schema()
-        self.store = Store(self.schema, db, session=session)
+        self.store = Store(self.schema, db, session=session, clock=clock)
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
         self.environment: str = data.get("environment", "production")
@@ -91,7 +97,7 @@ class BCBackend:
             for company in self.companies.values():
                 if self.store.get(conn, entity, company.id) is not None:
                     continue
-                now = utcnow()
+                now = self.store.clock.utcnow()
                 conn.execute(table.insert().values(
                     id=company.id, name=company.name, displayName=company.display_name,
                     systemVersion="27.0.38460.0", timestamp=self.store.next_version(conn),
@@ -362,9 +368,14 @@ class BCBackend:
             raise exc.from_engine(error, entity) from error
 
     # -- seeding -------------------------------------------------------------------------------
-    def seed(self, fixture: str = "default") -> dict[str, int]:
-        """Load the fixture's records through the same write rules the API applies."""
-        data = load_fixture(fixture, self.fixtures)
+    def seed(self, fixture: str = "default", *, document: dict[str, Any] | None = None) -> dict[str, int]:
+        """Load the fixture's records (or ``document``'s, a fixture's content given inline) through the
+        same write rules the API applies, in one transaction: a refused record writes nothing."""
+        if document is not None:
+            fixture = "inline data"
+            data = checked_document(document, fixture)
+        else:
+            data = load_fixture(fixture, self.fixtures)
         counts: dict[str, int] = {}
         with self.store.write() as conn:
             for company in data.get("companies", []):

@@ -8,13 +8,14 @@ from typing import Any
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
+from ..clock import Clock
 from ..identity import InvalidToken, TokenValidator, bearer_challenge
 from ..odata import database
 from ..odata.protocol import to_response
 from ..sandbox.fixtures import DEFAULT_LIBRARY, FixtureLibrary
 from ..sandbox.hooks import note_batch_operations, sandbox_admit
 from ..sandbox.install import install_sandbox
-from ..sandbox.limits import DATAVERSE_LIMITS, DATAVERSE_MESSAGES, ServiceProtection, dataverse_budget_headers
+from ..sandbox.limits import DATAVERSE_LIMITS, DATAVERSE_MESSAGES, dataverse_budget_headers
 from ..sandbox.services import SandboxServices
 from .exceptions import DataverseError
 from .models import Caller, DataverseBackend
@@ -29,8 +30,8 @@ def _error_response(status: int, code: str, message: str, headers: dict[str, str
     return to_response(DataverseError(status, code, message, headers).result())
 
 
-def new_sandbox_services() -> SandboxServices:
-    return SandboxServices(limits=ServiceProtection(DATAVERSE_LIMITS, messages=DATAVERSE_MESSAGES))
+def new_sandbox_services(clock: Clock | None = None) -> SandboxServices:
+    return SandboxServices.for_service(limits=DATAVERSE_LIMITS, messages=DATAVERSE_MESSAGES, clock=clock)
 
 
 def create_app(
@@ -56,10 +57,10 @@ def create_app(
     app.config.update(database.app_config(database_url))
     app.config.update(config or {})
     engine, session = database.init_app(app)
-    backend = DataverseBackend(engine, fixture=fixture, session=session, fixtures=fixtures)
+    sandbox = sandbox or new_sandbox_services()
+    backend = DataverseBackend(engine, fixture=fixture, session=session, fixtures=fixtures, clock=sandbox.clock)
     public_url = public_url.rstrip("/")
     service = DataverseService(backend, public_url + API_PATH, tenant_id=tenant_id)
-    sandbox = sandbox or new_sandbox_services()
     allowed_audiences = set(audiences or ()) | {public_url}
     app.extensions["dataverse"] = {"backend": backend, "service": service, "sandbox": sandbox}
 

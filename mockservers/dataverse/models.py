@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from werkzeug.datastructures import Headers
 
+from ..clock import Clock
 from ..odata import errors as engine
 from ..odata.database import SessionProvider
 from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
@@ -72,20 +73,21 @@ def load_customizations(name: str = "default", fixtures: FixtureLibrary = DEFAUL
     return fixtures.load(name, filename) if fixtures.has(name, filename) else {}
 
 
-def _fixture_tables(data: dict, fixture: str) -> list[dict]:
+def _fixture_tables(data: dict, where: str) -> list[dict]:
     """The fixture's ``tables``, checked for shape before anything is written."""
-    tables = data.get("tables", [])
+    tables = data.get("tables", []) if isinstance(data, dict) else None
     if not isinstance(tables, list) or not all(
             isinstance(t, dict) and isinstance(t.get("set"), str) and isinstance(t.get("records", []), list)
             and all(isinstance(r, dict) for r in t.get("records", [])) for t in tables):
-        raise FixtureError(f"{fixture}/dataverse.json: 'tables' must be a list of "
+        raise FixtureError(f"{where}: 'tables' must be a list of "
                            '{"set": "<entity set>", "records": [{...}, ...]} objects')
     return tables
 
 
 class DataverseBackend:
     def __init__(self, db: Engine | str = "sqlite://", fixture: str = "default", *,
-                 session: SessionProvider | None = None, fixtures: FixtureLibrary = DEFAULT_LIBRARY) -> None:
+                 session: SessionProvider | None = None, fixtures: FixtureLibrary = DEFAULT_LIBRARY,
+                 clock: Clock | None = None) -> None:
         """``db``: the engine Flask-SQLAlchemy made for the app (or a URL for a standalone store);
         ``session``: the app's request-scoped session provider (``odata.database.init_app``);
         ``fixtures``: where fixture sets are looked up by name."""
@@ -93,7 +95,7 @@ class DataverseBackend:
         self.fixtures = fixtures
         data = load_fixture(fixture, fixtures)
         self.schema: Schema = build_schema(load_customizations(fixture, fixtures))
-        self.store = Store(self.schema, db, session=session)
+        self.store = Store(self.schema, db, session=session, clock=clock)
         self.option_values = OptionValues(self.schema, self.store)
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
@@ -651,14 +653,20 @@ class DataverseBackend:
             return Caller("00000000-0000-0000-0000-000000000000", self.organization.business_unit_id)
         return Caller(row["systemuserid"], row.get("_businessunitid_value"))
 
-    def seed(self, fixture: str = "default", *, system_only: bool = False) -> dict[str, int]:
-        """Load a fixture set through the same write path clients use (binds and all).
+    def seed(self, fixture: str = "default", *, system_only: bool = False,
+             document: dict[str, Any] | None = None) -> dict[str, int]:
+        """Load a fixture set (or ``document``, a fixture's content given inline) through the same write
+        path clients use (binds and all), in one transaction: a refused record writes nothing.
 
         A block marked ``"update": true`` holds PATCH bodies for records created earlier in the same
         run (links that need both sides first, such as an account's primary contact); records that
         already existed before the run are left as they are, so seeding twice changes nothing.
         """
-        tables = _fixture_tables(load_fixture(fixture, self.fixtures), fixture)
+        if document is not None:
+            fixture = "inline data"
+            tables = _fixture_tables(document, fixture)
+        else:
+            tables = _fixture_tables(load_fixture(fixture, self.fixtures), f"{fixture}/dataverse.json")
         counts: dict[str, int] = {}
         created: set[tuple[str, str]] = set()
         with self.store.write() as conn:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 from xml.etree import ElementTree
@@ -195,7 +194,7 @@ class DataverseService:
         if "$orderby" in args and aliases:
             args["$orderby"] = orderby_with_aliases(args["$orderby"], aliases)
         opts = parse_options(args)
-        DataverseFilters(self.schema, aliases, now=lambda: datetime.now(UTC), user_id=req.caller.user_id,
+        DataverseFilters(self.schema, aliases, now=self.backend.store.clock.now, user_id=req.caller.user_id,
                          business_unit_id=req.caller.business_unit_id).prepare_options(opts, entity)
         for item in opts.expand:
             nav = entity.navigation(item.name)
@@ -309,9 +308,8 @@ class DataverseService:
         except (ValueError, KeyError, ArithmeticError, ElementTree.ParseError, engine.ODataError) as error:
             raise DataverseError(400, exc.INVALID_ARGUMENT, "The $skiptoken value is not valid.") from error
 
-    @staticmethod
-    def _deltatoken(version: int) -> str:
-        return f"{version}!{datetime.now(UTC).strftime('%m/%d/%Y %H:%M:%S')}"
+    def _deltatoken(self, version: int) -> str:
+        return f"{version}!{self.backend.store.clock.now().strftime('%m/%d/%Y %H:%M:%S')}"
 
     def delta(self, req: Request, entity: EntityType) -> Result:
         token = req.args.get("$deltatoken", "")

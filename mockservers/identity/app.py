@@ -7,7 +7,6 @@ works on any port, over http (curl) or https (MSAL and azure-identity insist on 
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from typing import Any
 from urllib.parse import unquote_plus
@@ -200,7 +199,7 @@ def create_app(directory: Directory, issuer: TokenIssuer) -> Flask:
         if not raw:
             raise MissingParameter("resource")
         resource = _known_resource(directory, raw, tenant_id)
-        now = int(time.time())
+        now = int(issuer.clock.time())
         access_token, expires_in = issuer.issue(client, resource, tenant_id, now=now)
         # v1 answers every number as a string.
         body = {"token_type": "Bearer", "expires_in": str(expires_in), "ext_expires_in": str(expires_in),

@@ -6,7 +6,6 @@ turns an `InvalidToken` into its own 401 answer.
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -14,6 +13,7 @@ from typing import Any, Protocol
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from mockservers.clock import Clock
 from mockservers.identity.exceptions import InvalidToken
 from mockservers.identity.keys import SigningKey
 from mockservers.identity.registrations import AppRegistration
@@ -27,13 +27,16 @@ class TokenIssuer:
     """Signs app-only access tokens the way Entra shapes them for client credentials.
 
     `public_url` is the identity service's base URL; it may be assigned after the server has bound
-    its port (tests bind port 0), before the first token is issued.
+    its port (tests bind port 0), before the first token is issued. `clock` stamps `iat`/`nbf`/`exp`;
+    the validators it hands out judge lifetimes on the same clock.
     """
 
-    def __init__(self, signing_key: SigningKey, public_url: str, lifetime: int = DEFAULT_LIFETIME) -> None:
+    def __init__(self, signing_key: SigningKey, public_url: str, lifetime: int = DEFAULT_LIFETIME,
+                 clock: Clock | None = None) -> None:
         self.signing_key = signing_key
         self.public_url = public_url
         self.lifetime = lifetime
+        self.clock = clock or Clock()
 
     def issuer_for(self, tenant_id: str) -> str:
         if not self.public_url:
@@ -44,7 +47,7 @@ class TokenIssuer:
               lifetime: int | None = None, now: float | None = None) -> tuple[str, int]:
         """Return `(access_token, expires_in)`; `aud` is `resource` exactly as given."""
         lifetime = self.lifetime if lifetime is None else lifetime
-        issued_at = int(time.time() if now is None else now)
+        issued_at = int(self.clock.time() if now is None else now)
         claims: dict[str, Any] = {
             "aud": resource,
             "iss": self.issuer_for(tenant_id),
@@ -71,7 +74,8 @@ class TokenIssuer:
 
     def validator(self, tenant_id: str, leeway: int = DEFAULT_LEEWAY) -> TokenValidator:
         """A validator for this issuer's tokens (what an in-process resource service needs)."""
-        return TokenValidator(self.signing_key.jwks(), self.issuer_for(tenant_id), tenant_id, leeway=leeway)
+        return TokenValidator(self.signing_key.jwks(), self.issuer_for(tenant_id), tenant_id, leeway=leeway,
+                              clock=self.clock)
 
 
 class JwksClient(Protocol):
@@ -96,11 +100,15 @@ def _strip_slash(value: str) -> str:
 class TokenValidator:
     """Checks a bearer token as Dataverse and BC do: signature, lifetime, tenant, issuer, audience.
 
-    `keys` is a JWKS document, an RSA public key, a `SigningKey`, or a `jwt.PyJWKClient`.
+    `keys` is a JWKS document, an RSA public key, a `SigningKey`, or a `jwt.PyJWKClient`. Lifetimes
+    (`exp`, `nbf`, `iat`) are judged on `clock`, the sandbox's clock, so that moving it forward expires
+    tokens as time passing would.
     """
 
-    def __init__(self, keys: KeySource, issuer: str, tenant_id: str, leeway: int = DEFAULT_LEEWAY) -> None:
+    def __init__(self, keys: KeySource, issuer: str, tenant_id: str, leeway: int = DEFAULT_LEEWAY,
+                 clock: Clock | None = None) -> None:
         self._keys = keys
+        self.clock = clock or Clock()
         self.issuer = issuer
         self.tenant_id = tenant_id
         self.leeway = leeway
@@ -145,18 +153,18 @@ class TokenValidator:
             raise InvalidToken("signature", f"The token algorithm '{header.get('alg')}' is not accepted.")
         key = self._key_for(token, header)
         try:
+            # PyJWT checks the signature and the claims' types; lifetimes are checked below on the
+            # sandbox's clock, which PyJWT cannot be given.
             claims: dict[str, Any] = jwt.decode(
-                token, key, algorithms=[ALGORITHM], leeway=self.leeway,
-                options={"verify_aud": False, "verify_iss": False, "require": ["exp", "iss", "aud", "tid"]},
+                token, key, algorithms=[ALGORITHM],
+                options={"verify_aud": False, "verify_iss": False, "verify_exp": False, "verify_nbf": False,
+                         "verify_iat": False, "require": ["exp", "iss", "aud", "tid"]},
             )
         except jwt.InvalidSignatureError as exc:
             raise InvalidToken("signature", "The token signature is invalid.") from exc
-        except jwt.ExpiredSignatureError as exc:
-            raise InvalidToken("expired", "The token is expired.") from exc
-        except jwt.ImmatureSignatureError as exc:
-            raise InvalidToken("expired", "The token is not valid yet (nbf/iat in the future).") from exc
         except jwt.InvalidTokenError as exc:
             raise InvalidToken("malformed", f"The token is malformed: {exc}") from exc
+        self._check_lifetime(claims)
         if claims.get("tid") != self.tenant_id:
             raise InvalidToken("tenant", f"The token was issued for tenant '{claims.get('tid')}', "
                                          f"not '{self.tenant_id}'.")
@@ -168,6 +176,18 @@ class TokenValidator:
             raise InvalidToken("audience", f"The token audience '{claims['aud']}' is not valid for this "
                                            "resource.")
         return claims
+
+    def _check_lifetime(self, claims: Mapping[str, Any]) -> None:
+        now = self.clock.time()
+        times = {name: claims.get(name) for name in ("exp", "nbf", "iat")}
+        for name, value in times.items():
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise InvalidToken("malformed", f"The token is malformed: the '{name}' claim must be a number.")
+        if float(times["exp"]) <= now - self.leeway:  # type: ignore[arg-type]
+            raise InvalidToken("expired", "The token is expired.")
+        if any(value is not None and float(value) > now + self.leeway for name, value in times.items()
+               if name != "exp"):
+            raise InvalidToken("expired", "The token is not valid yet (nbf/iat in the future).")
 
     def validate_authorization(self, header_value: str | None,
                                audiences: Iterable[str] | str) -> dict[str, Any]:

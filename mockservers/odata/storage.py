@@ -16,7 +16,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -28,6 +27,7 @@ from sqlalchemy.orm import foreign, registry, relationship, remote
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import BinaryExpression
 
+from ..clock import Clock
 from . import database
 from .database import WRITE, WRITER_LOCK, SessionProvider
 from .errors import AlreadyExists, KeyViolation, NotFound, VersionMismatch
@@ -35,12 +35,6 @@ from .schema import Edm, EntityType, Schema
 
 Row = dict[str, Any]
 FIRST_VERSION = 1001
-
-
-def utcnow() -> datetime:
-    """Server clock, naive UTC at millisecond precision (what both services keep)."""
-    now = datetime.now(UTC).replace(tzinfo=None)
-    return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
 def _as_citext(value: Any) -> Any:
@@ -118,8 +112,9 @@ class Store:
     """
 
     def __init__(self, schema: Schema, db: Engine | str = "sqlite://", *,
-                 session: SessionProvider | None = None) -> None:
+                 session: SessionProvider | None = None, clock: Clock | None = None) -> None:
         self.schema = schema
+        self.clock = clock or Clock()
         self.engine = db if isinstance(db, Engine) else database.create_engine(db)
         database.prepare_engine(self.engine)
         self.url = self.engine.url.render_as_string(hide_password=True)
@@ -346,7 +341,7 @@ class Store:
 
     def _stamp(self, entity: EntityType, values: dict[str, Any], conn: Connection, *, creating: bool) -> int:
         version = self.next_version(conn)
-        now = utcnow()
+        now = self.clock.utcnow()
         if entity.version_property:
             values[entity.version_property] = version
         if entity.modified_on:
@@ -387,7 +382,7 @@ class Store:
         if not rows:
             return
         first = self.next_versions(conn, len(rows))
-        now = utcnow()
+        now = self.clock.utcnow()
         stamped = []
         for offset, values in enumerate(rows):
             values = dict(values)
@@ -456,7 +451,7 @@ class Store:
                 key=key,
                 scope=current.get(entity.scope_property) if entity.scope_property else None,
                 version=self.next_version(conn),
-                deleted_on=utcnow(),
+                deleted_on=self.clock.utcnow(),
             )
         )
         return current

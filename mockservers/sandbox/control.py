@@ -12,9 +12,10 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from ..clock import ClockError, parse_instant
 from ..odata.jsonbody import InvalidJson, parse_json
 from .faults import FaultConfigError
-from .journal import parse_status_filter
+from .journal import JournalQuery, JournalQueryError
 from .limits import LimitConfigError
 from .services import CONTROL_PREFIX, SandboxServices
 
@@ -35,13 +36,14 @@ def control_blueprint(
     sandbox: SandboxServices,
     *,
     reset: Callable[[], None],
-    seed: Callable[[str], dict[str, Any]],
+    seed: Callable[[str, dict[str, Any] | None], dict[str, Any]],
     counters: Callable[[], dict[str, Any]] | None = None,
 ) -> Blueprint:
     """The ``/_sandbox`` blueprint for one service.
 
-    ``reset`` empties the service's data; ``seed(fixture)`` loads a named fixture set and returns a
-    summary (raise ``LookupError`` for an unknown fixture, ``ValueError`` for unusable input);
+    ``reset`` empties the service's data; ``seed(fixture, document)`` loads a named fixture set, or the
+    fixture content ``document`` given inline, and returns a summary (raise ``LookupError`` for an
+    unknown fixture, ``ValueError`` for unusable input);
     ``counters`` adds service-specific figures to ``GET /_sandbox/counters``.
     """
     bp = Blueprint("sandbox_control", __name__, url_prefix=CONTROL_PREFIX)
@@ -77,12 +79,21 @@ def control_blueprint(
     @bp.post("/seed")
     def seed_fixture() -> Response:
         body = _json_object(required=False)
+        unknown = sorted(set(body) - {"fixture", "data"})
+        if unknown:
+            raise ControlError(400, "BadRequest", f"Unknown seed field(s) {', '.join(map(repr, unknown))}; "
+                                                  "expected 'fixture' (a fixture set's name) or 'data' (its content).")
+        if "fixture" in body and "data" in body:
+            raise ControlError(400, "BadRequest", "Give 'fixture' or 'data', not both.")
+        document = body.get("data")
+        if "data" in body and not isinstance(document, dict):
+            raise ControlError(400, "BadRequest", "'data' must be a JSON object in the service's fixture format.")
         fixture = body.get("fixture", "default")
         if not isinstance(fixture, str) or not fixture:
             raise ControlError(400, "BadRequest", "'fixture' must be a non-empty string naming a fixture set.")
-        shown = repr(fixture if len(fixture) <= 80 else fixture[:80] + "...")
+        shown = "inline data" if document is not None else repr(fixture if len(fixture) <= 80 else fixture[:80] + "...")
         try:
-            result = seed(fixture)
+            result = seed(fixture, document)
         except LookupError as exc:
             raise ControlError(404, "FixtureNotFound", f"Unknown fixture: {_reason(exc)}") from exc
         except ValueError as exc:
@@ -91,21 +102,12 @@ def control_blueprint(
 
     @bp.get("/journal")
     def read_journal() -> Response:
-        args = request.args
-        status = None
-        if args.get("status"):
-            try:
-                status = parse_status_filter(args["status"])
-            except ValueError as exc:
-                raise ControlError(400, "BadRequest", str(exc)) from exc
-        entries = sandbox.journal.entries(
-            method=args.get("method") or None,
-            path_prefix=args.get("path") or None,
-            status=status,
-            since_id=_int_arg("since"),
-            limit=_int_arg("limit"),
-        )
-        return jsonify(value=[e.to_dict() for e in entries])
+        """Entries matching every filter given (``JournalQuery.from_args`` names them)."""
+        try:
+            query = JournalQuery.from_args(request.args.to_dict(flat=False))
+        except JournalQueryError as exc:
+            raise ControlError(400, "BadRequest", str(exc)) from exc
+        return jsonify(value=[e.to_dict() for e in sandbox.journal.select(query)])
 
     @bp.delete("/journal")
     def clear_journal() -> Response:
@@ -128,6 +130,30 @@ def control_blueprint(
     def clear_faults() -> Response:
         sandbox.faults.clear()
         return Response(status=204)
+
+    @bp.get("/clock")
+    def read_clock() -> Response:
+        return jsonify(sandbox.clock.state().to_dict())
+
+    @bp.put("/clock")
+    def set_clock() -> Response:
+        """Move the sandbox's clock forward (``now`` or ``advance_seconds``) and/or freeze or resume it.
+
+        The clock is the whole sandbox's: identity and both services read it."""
+        body = _json_object(required=True)
+        unknown = sorted(set(body) - {"now", "advance_seconds", "frozen"})
+        if unknown:
+            raise ControlError(400, "BadRequest", f"Unknown clock field(s) {', '.join(map(repr, unknown))}; "
+                                                  "expected some of 'now', 'advance_seconds', 'frozen'.")
+        frozen = body.get("frozen")
+        if frozen is not None and not isinstance(frozen, bool):
+            raise ControlError(400, "BadRequest", f"'frozen' must be true or false; got {frozen!r}.")
+        try:
+            target = parse_instant(body["now"]) if "now" in body else None
+            state = sandbox.clock.adjust(now=target, advance_seconds=body.get("advance_seconds"), frozen=frozen)
+        except ClockError as exc:
+            raise ControlError(400, "BadRequest", str(exc)) from exc
+        return jsonify(state.to_dict())
 
     @bp.get("/limits")
     def read_limits() -> Response:
@@ -182,19 +208,6 @@ def _json_object(*, required: bool) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ControlError(400, "BadRequest", "The body must be a JSON object.")
     return body
-
-
-def _int_arg(name: str) -> int | None:
-    value = request.args.get(name)
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise ControlError(400, "BadRequest", f"Query parameter '{name}' must be an integer; got {value!r}.") from None
-    if number < 0:
-        raise ControlError(400, "BadRequest", f"Query parameter '{name}' must not be negative; got {number}.")
-    return number
 
 
 def _limits_state(sandbox: SandboxServices) -> dict[str, Any]:

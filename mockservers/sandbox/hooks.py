@@ -25,9 +25,10 @@ from typing import NoReturn
 from urllib.parse import unquote
 
 from flask import Flask, Response, abort, current_app, g, request
+from werkzeug.http import http_date
 
 from .faults import FaultDecision
-from .journal import JournalEntry
+from .journal import JournalEntry, body_text, mask_headers
 from .limits import REQUESTS, Budget, Rejection, Ticket
 from .services import SandboxServices, is_control_path
 
@@ -124,6 +125,8 @@ def install_sandbox_hooks(
         if state.ticket is not None and hooks.budget_headers is not None:
             for name, value in hooks.budget_headers(state.ticket.budget).items():
                 response.headers.setdefault(name, value)
+        # the services' own clock, as a real service's Date is its clock (the HTTP server adds none then)
+        response.headers.setdefault("Date", http_date(sandbox.clock.time()))
         _record(hooks, state, response)
         return response
 
@@ -211,14 +214,25 @@ def _apply_fault(hooks: SandboxHooks, state: _RequestState, decision: FaultDecis
     return None
 
 
+# environ key of a callable that cuts the connection where there is no socket to cut (in process)
+CUT_CONNECTION = "mockservers.sandbox.cut_connection"
+
+
 def _drop_connection() -> Response:
     """Cut the TCP connection under the client, as a network failure would.
+
+    Without a socket (the testing kit's in-process mode) the environ's ``CUT_CONNECTION`` callable is
+    called instead, and the caller raises the connection error a client would see.
 
     werkzeug's dev server puts the socket in the environ. Shutting it down sends FIN at once (the
     socket object cannot be closed here: werkzeug still holds file objects on it), so the client
     reads no status line; werkzeug's attempt to write the placeholder response below then fails
     with a broken pipe, which it treats as a dropped connection and logs quietly.
     """
+    cut = request.environ.get(CUT_CONNECTION)
+    if cut is not None:
+        cut()
+        return Response("", status=503)
     sock: socket.socket | None = request.environ.get("werkzeug.socket")
     if sock is None:
         # Another WSGI server: no socket access. Signal the fault as loudly as we can.
@@ -255,8 +269,22 @@ def _record(hooks: SandboxHooks, state: _RequestState, response: Response | None
         template=rule.rule if rule is not None else None,
         fault=state.fault,
         rejected_by=state.rejected_by,
+        query_options=request.args.to_dict(flat=True),
+        headers=mask_headers(request.headers.items()),
     )
+    entry.body, entry.body_truncated = body_text(_request_body(), hooks.sandbox.journal.body_limit)
     hooks.sandbox.journal.record(entry)
+
+
+def _request_body() -> bytes:
+    """The request body, as far as the app accepts one (a body refused as too large stays unread)."""
+    limit = current_app.config.get("MAX_CONTENT_LENGTH")
+    if limit is not None and (request.content_length or 0) > limit:
+        return b""
+    try:
+        return request.get_data(cache=True)
+    except Exception:  # a body that cannot be read (client gone, over the limit while streaming)
+        return b""
 
 
 def _response_size(response: Response) -> int | None:

@@ -15,7 +15,7 @@ from .services import SandboxServices
 
 class SeededBackend(Protocol):
     def reset(self) -> None: ...
-    def seed(self, fixture: str) -> dict[str, int]: ...
+    def seed(self, fixture: str = ..., *, document: dict[str, Any] | None = None) -> dict[str, int]: ...
 
 
 def install_sandbox(
@@ -37,9 +37,10 @@ def install_sandbox(
     hooks = install_sandbox_hooks(app, sandbox, service=service, principal=lambda: g.get("principal"),
                                   render_error=render_error, budget_headers=budget_headers)
 
-    def seed(name: str) -> dict[str, Any]:
+    def seed(fixture: str, document: dict[str, Any] | None) -> dict[str, Any]:
+        """A named fixture set, or ``document``: a fixture's content sent inline."""
         try:
-            return {"seeded": backend.seed(name)}
+            return {"seeded": backend.seed(document=document) if document is not None else backend.seed(fixture)}
         except FileNotFoundError as error:
             raise LookupError(str(error)) from error
         except (ServiceError, ODataError) as error:  # a record the service's own write rules refuse

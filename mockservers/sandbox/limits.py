@@ -184,11 +184,12 @@ class Ticket:
         self._usage = usage
         self.principal = principal
         self.started = started
+        self.began = time.perf_counter()  # execution time is real time, whatever the window's clock does
         self.budget = budget
         self._released = False
 
     def release(self, elapsed_ms: float | None = None) -> None:
-        """Free the concurrency slot and add the execution time (measured on the limiter's clock if omitted)."""
+        """Free the concurrency slot and add the execution time (measured in real time if omitted)."""
         if self._released:
             return
         self._released = True
@@ -299,7 +300,7 @@ class ServiceProtection:
         with self._cond:
             now = self.clock()
             if elapsed_ms is None:
-                elapsed_ms = max(now - ticket.started, 0.0) * 1000.0
+                elapsed_ms = max(time.perf_counter() - ticket.began, 0.0) * 1000.0
             usage = ticket._usage  # after a reset this is an orphan, so the fresh window stays clean
             if usage is None:
                 return

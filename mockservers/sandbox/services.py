@@ -5,9 +5,10 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
+from ..clock import Clock
 from .faults import FaultInjector
 from .journal import Journal
-from .limits import ServiceProtection
+from .limits import LimitConfig, MessageTable, ServiceProtection
 
 CONTROL_PREFIX = "/_sandbox"
 
@@ -39,10 +40,23 @@ class UrlLimit:
 
 @dataclass
 class SandboxServices:
-    """The per-service sandbox machinery the hooks and the control API share."""
+    """The per-service sandbox machinery the hooks and the control API share.
+
+    ``clock`` is the sandbox's clock (shared with the other services of one sandbox); the journal and
+    the service-protection windows read it, and the app hands it to its store.
+    """
 
     admin_token: str = field(default_factory=new_admin_token)
     journal: Journal = field(default_factory=Journal)
     faults: FaultInjector = field(default_factory=FaultInjector)
     limits: ServiceProtection = field(default_factory=ServiceProtection)
     url_limit: UrlLimit = field(default_factory=UrlLimit)
+    clock: Clock = field(default_factory=Clock)
+
+    @classmethod
+    def for_service(cls, *, limits: LimitConfig, messages: MessageTable, clock: Clock | None = None,
+                    url_limit: UrlLimit | None = None) -> SandboxServices:
+        """A service's machinery with its own limits and wording, every part on one clock."""
+        clock = clock or Clock()
+        return cls(journal=Journal(clock=clock), limits=ServiceProtection(limits, messages=messages, clock=clock.monotonic),
+                   url_limit=url_limit or UrlLimit(), clock=clock)

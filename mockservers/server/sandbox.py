@@ -1,7 +1,9 @@
 """Run the emulated services in one process (one thread per service) and publish sandbox.json.
 
 Sockets are bound first so that port 0 works (tests) and every public URL is known before the
-apps are built: the Dataverse org URL is also the token audience.
+apps are built: the Dataverse org URL is also the token audience. An in-process sandbox
+(``SandboxConfig.in_process_host``) builds the same apps on the same data dir but binds nothing: its
+URLs are ``https://<service>.<host>`` and the testing kit routes requests to them into the apps.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from ..bc.app import create_app as create_bc_app
 from ..bc.app import new_sandbox_services as bc_sandbox
 from ..bc.webhooks import WebhookConfig
+from ..clock import Clock
 from ..dataverse.app import create_app as create_dataverse_app
 from ..dataverse.app import new_sandbox_services as dataverse_sandbox
 from ..identity import BUSINESS_CENTRAL_RESOURCE, TokenIssuer, load_default_directory, load_signing_key
@@ -81,6 +84,10 @@ class SandboxConfig:
     access_log: bool = False  # one log line per request on the "mockservers.access" logger
     fixtures_dirs: tuple[Path, ...] = ()  # operator-allowed fixture directories (beside the built-in sets)
     auth: bool = True
+    in_process_host: str | None = None  # set: serve no sockets; the URLs are https://<service>.<this host>
+
+
+SERVICES = ("identity", "dataverse", "bc")
 
 
 @dataclass
@@ -92,6 +99,7 @@ class Sandbox:
     threads: list[threading.Thread] = field(default_factory=list)
     tls_files: TlsFiles | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    clock: Clock = field(default_factory=Clock)  # the one clock of identity and both services
     _lock: DataDirLock | None = field(default=None, init=False, repr=False)  # held while started
 
     def start(self) -> dict[str, Any]:
@@ -120,32 +128,23 @@ class Sandbox:
 
     def _start(self) -> dict[str, Any]:
         cfg = self.config
-        scheme = "https" if cfg.tls else "http"
-        public_host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
-        slots: dict[str, _AppSlot] = {}
-        for name, port in (("identity", cfg.identity_port), ("dataverse", cfg.dataverse_port), ("bc", cfg.bc_port)):
-            slot = _AppSlot()
-            served = AccessLog(slot, name) if cfg.access_log else slot
-            server = bind(name, cfg.host, port, served)
-            self.servers[name] = server
-            slots[name] = slot
-            self.urls[name] = f"{scheme}://{public_host}:{server.port}"
-        if cfg.tls:  # after binding: a port in use must not cost a certificate re-issue
-            self.tls_files = ensure_certificates(cfg.data_dir)
-            for server in self.servers.values():
-                server.use_tls(self.tls_files)
+        slots: dict[str, _AppSlot] = {name: _AppSlot() for name in SERVICES}
+        if cfg.in_process_host:
+            self.urls = {name: f"https://{name}.{cfg.in_process_host}" for name in SERVICES}
+        else:
+            self._bind(slots)
 
         directory = load_default_directory()
         dataverse_url = self.urls["dataverse"]
         directory.add_resource(dataverse_url)
         directory.add_resource(BUSINESS_CENTRAL_RESOURCE)
-        issuer = TokenIssuer(load_signing_key(cfg.data_dir), public_url=self.urls["identity"])
+        issuer = TokenIssuer(load_signing_key(cfg.data_dir), public_url=self.urls["identity"], clock=self.clock)
         slots["identity"].app = create_identity_app(directory, issuer)
 
         fixtures = FixtureLibrary.with_dirs(cfg.fixtures_dirs)
         db_url = cfg.db_url or f"sqlite:///{(cfg.data_dir / 'dataverse.db').resolve()}"
         admin_token = self._admin_token()
-        sandbox = dataverse_sandbox()
+        sandbox = dataverse_sandbox(self.clock)
         sandbox.admin_token = admin_token
         slots["dataverse"].app = create_dataverse_app(
             database_url=db_url,
@@ -162,7 +161,7 @@ class Sandbox:
             backend.seed(cfg.fixture)
         bc_db_url = cfg.bc_db_url or f"sqlite:///{(cfg.data_dir / 'bc.db').resolve()}"
         verify: bool | str = str(self.tls_files.ca_bundle) if self.tls_files else True
-        bc_services = bc_sandbox()
+        bc_services = bc_sandbox(self.clock)
         bc_services.admin_token = admin_token
         slots["bc"].app = create_bc_app(
             database_url=bc_db_url,
@@ -206,6 +205,21 @@ class Sandbox:
         # Last, so that a sandbox.json always describes a sandbox that did start; it holds the admin token.
         write_private(cfg.data_dir / "sandbox.json", json.dumps(self.info, indent=2) + "\n")
         return self.info
+
+    def _bind(self, slots: dict[str, _AppSlot]) -> None:
+        cfg = self.config
+        scheme = "https" if cfg.tls else "http"
+        public_host = "127.0.0.1" if cfg.host in ("0.0.0.0", "") else cfg.host
+        ports = {"identity": cfg.identity_port, "dataverse": cfg.dataverse_port, "bc": cfg.bc_port}
+        for name in SERVICES:
+            served = AccessLog(slots[name], name) if cfg.access_log else slots[name]
+            server = bind(name, cfg.host, ports[name], served)
+            self.servers[name] = server
+            self.urls[name] = f"{scheme}://{public_host}:{server.port}"
+        if cfg.tls:  # after binding: a port in use must not cost a certificate re-issue
+            self.tls_files = ensure_certificates(cfg.data_dir)
+            for server in self.servers.values():
+                server.use_tls(self.tls_files)
 
     def _admin_token(self) -> str:
         path = self.config.data_dir / ADMIN_TOKEN_FILE
