@@ -4,7 +4,7 @@ What BC's job queue does every 30 minutes with codeunit "CRM Integration Table S
 (https://learn.microsoft.com/dynamics365/business-central/admin-scheduled-synchronization-using-the-synchronization-job-queue-entries):
 per direction, first the records whose last synchronization failed, then the records modified since
 the mapping's watermark; the watermark then moves to the latest modified-on the pass saw, capped at
-the pass's start. Dataverse rows are read back with a 999 ms overlap, and, for bidirectional
+the pass's start (on the connector's clock, or the source's where its ``Date`` header shows it ahead). Dataverse rows are read back with a 999 ms overlap, and, for bidirectional
 mappings, without the rows the integration user wrote itself, so the connector's own writes are not
 synchronized back.
 """
@@ -85,7 +85,8 @@ class ScheduledRun:
             return [self._options()]
         jobs, watermarks = [], {}
         for direction in direction_passes(self.mapping.direction):
-            started = utcnow()
+            source = self.cx.bc.core if direction is Direction.TO_INTEGRATION else self.cx.dataverse.core
+            server_started, client_started = source.server_now(), utcnow()
             job = JobLog(self.cx.state, self.mapping.name, JobType.SYNCHRONIZATION, direction,
                          persist=not self.dry_run)
             engine = Pass(self.cx, self.mapping, direction, job, Options(sync_only_coupled=self.mapping.sync_only_coupled),
@@ -93,6 +94,12 @@ class ScheduledRun:
             engine.run(self._sources(direction))
             job.finish()
             jobs.append(job)
+            if server_started is None:  # the source's first answer came during the pass: its clock at the start
+                now = source.server_now()
+                server_started = now - (utcnow() - client_started) if now else None
+            # The source's time at the start, as well as we know it: our clock, unless the source's Date says
+            # its clock was certainly later (a lower bound: never a cap later than the source's true time).
+            started = max(client_started, server_started) if server_started else client_started
             if engine.latest_source_modified is not None:
                 watermarks[direction] = min(engine.latest_source_modified, started)
         if not self.dry_run:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, Self
 
 import msal
@@ -172,6 +174,26 @@ class HttpCore:
         self._retrying = make_session(verify, _retry(self.settings, None))
         self._once = make_session(verify, _retry(self.settings, Retry.DEFAULT_ALLOWED_METHODS))
         self.requests_sent = 0
+        self._clock_offset: timedelta | None = None  # the service's clock minus ours, from its Date header
+
+    def server_now(self) -> datetime | None:
+        """The service's clock now (naive UTC), at the earliest its ``Date`` headers allow; None before its
+        first answer. ``Date`` has whole seconds: a service within that second of our clock is taken to
+        agree with it (our clock is finer). A pass uses it to cap its watermark on the source's clock when
+        that runs ahead of ours."""
+        if self._clock_offset is None:
+            return None
+        return datetime.now(UTC).replace(tzinfo=None) + self._clock_offset
+
+    def _note_server_time(self, response: requests.Response) -> None:
+        try:
+            stamp = parsedate_to_datetime(response.headers["Date"])
+        except (KeyError, TypeError, ValueError):
+            return
+        ours = datetime.now(UTC)
+        stamp = stamp.astimezone(UTC) if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)
+        earliest = stamp - ours  # the service's clock was in [stamp, stamp + 1 s) when it answered
+        self._clock_offset = timedelta(0) if earliest <= timedelta(0) < earliest + timedelta(seconds=1) else earliest
 
     def url(self, path: str) -> str:
         return path if "://" in path else f"{self.root}/{path.lstrip('/')}"
@@ -195,6 +217,7 @@ class HttpCore:
             if response.status_code != 401:
                 break
         assert response is not None
+        self._note_server_time(response)
         if response.status_code >= 400:
             raise error_from(self.service, method, url, response)
         return response
