@@ -1,12 +1,17 @@
-"""In-process mode against live sockets: the same connector scenario, timed in each mode.
+"""In-process mode against live sockets: the same work, timed in each mode.
 
-For each mode, a fresh unseeded sandbox (``mockservers.testing.start_sandbox``; live = HTTPS on free
-ports) gets N BC customers, a connector with the default mappings couples them (Create in Dataverse),
-BC changes every customer, and then **Synchronize Now** of all N records (``connector sync CUSTOMER
-<keys> --direction to-dataverse``) is timed, repeated ``--repeat`` times with a change before each.
-The connector runs in this process in both modes (its CLI through click's runner), so the figures
-differ only by how requests travel. Printed: the median seconds per mode, the ratio, and the
-requests each service journaled (method, path, status must agree between the modes).
+Two scenarios, each against a fresh unseeded sandbox per mode (``mockservers.testing.start_sandbox``;
+live = HTTPS on free ports), with the client in this process in both modes, so the figures differ
+only by how requests travel:
+
+- **Synchronize Now** of N customers: BC gets N customers, a connector with the default mappings
+  couples them (Create in Dataverse), BC changes every customer, then ``connector sync CUSTOMER
+  <keys> --direction to-dataverse`` is timed (``--repeat`` times, a change before each). It makes a
+  handful of large requests (reads by key chunk, one ``$batch`` per 500 writes).
+- **Record by record**: what a plain client does, one GET and one PATCH per account, N times.
+
+Printed: the median seconds per mode, the ratio, the requests each service journaled, and whether the
+journals (method, path, status) agree between the modes.
 
     .venv/bin/python bench/bench_inprocess.py --customers 500 --repeat 5
 """
@@ -82,6 +87,26 @@ def scenario(mode: str, customers: int, repeat: int, workdir: Path) -> tuple[lis
         sb.stop()
 
 
+def record_by_record(mode: str, count: int, workdir: Path) -> tuple[float, list[tuple[str, str, str, int]]]:
+    sb = start_sandbox(workdir / f"chatty-{mode}", mode=mode, fixture=None)  # type: ignore[arg-type]
+    try:
+        dv = sb.session()
+        made = dv.post(f"{sb.api}/accounts/Microsoft.Dynamics.CRM.CreateMultiple", json={"Targets": [
+            {"@odata.type": "Microsoft.Dynamics.CRM.account", "name": f"Chatty {i:05d}"} for i in range(count)]})
+        made.raise_for_status()
+        ids = made.json()["Ids"]
+        sb.journal.clear()
+        started = time.perf_counter()
+        for account_id in ids:
+            row = dv.get(f"{sb.api}/accounts({account_id})", params={"$select": "name"}).json()
+            dv.patch(f"{sb.api}/accounts({account_id})", json={"name": row["name"] + " ok"},
+                     headers={"If-Match": row["@odata.etag"]}).raise_for_status()
+        seconds = time.perf_counter() - started
+        return seconds, [(r.service, r.method, GUID.sub("<id>", r.path), r.status) for r in sb.journal.requests()]
+    finally:
+        sb.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--customers", type=int, default=500)
@@ -94,16 +119,23 @@ def main() -> None:
         for mode in ("live", "inprocess"):
             times, journal = scenario(mode, args.customers, args.repeat, Path(tmp))
             results[mode] = {"median_s": statistics.median(times), "runs": times, "journal": journal}
-    live, inproc = results["live"], results["inprocess"]
-    same = live["journal"] == inproc["journal"]
-    print(f"Synchronize Now of {args.customers} customers, median of {args.repeat}:")
-    print(f"  {'mode':<10} {'seconds':>8} {'requests':>9}")
-    for mode in ("live", "inprocess"):
-        print(f"  {mode:<10} {results[mode]['median_s']:>8.3f} {len(results[mode]['journal']):>9}")
-    print(f"  in-process is {live['median_s'] / inproc['median_s']:.1f}x faster; "
-          f"journals (method, path, status) {'identical' if same else 'DIFFER'}")
-    print(json.dumps({"customers": args.customers, "live_s": live["median_s"], "inprocess_s": inproc["median_s"],
-                      "speedup": live["median_s"] / inproc["median_s"], "journals_identical": same}))
+        chatty = {mode: record_by_record(mode, args.customers, Path(tmp)) for mode in ("live", "inprocess")}
+    figures: dict[str, Any] = {"customers": args.customers}
+    for title, key, timed in (
+            (f"Synchronize Now of {args.customers} customers (median of {args.repeat})", "synchronize_now",
+             {mode: (results[mode]["median_s"], results[mode]["journal"]) for mode in results}),
+            (f"Record by record: GET + PATCH of {args.customers} accounts", "record_by_record", chatty)):
+        (live_s, live_journal), (inproc_s, inproc_journal) = timed["live"], timed["inprocess"]
+        same = live_journal == inproc_journal
+        print(f"{title}:")
+        print(f"  {'mode':<10} {'seconds':>8} {'requests':>9}")
+        print(f"  {'live':<10} {live_s:>8.3f} {len(live_journal):>9}")
+        print(f"  {'inprocess':<10} {inproc_s:>8.3f} {len(inproc_journal):>9}")
+        print(f"  in-process is {live_s / inproc_s:.1f}x faster; journals (method, path, status) "
+              f"{'identical' if same else 'DIFFER'}")
+        figures[key] = {"live_s": live_s, "inprocess_s": inproc_s, "speedup": live_s / inproc_s,
+                        "requests": len(live_journal), "journals_identical": same}
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
