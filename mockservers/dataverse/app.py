@@ -84,17 +84,19 @@ def create_app(
                 return challenge(error.message)
         g.principal = claims.get("oid") or claims.get("appid")
         sandbox_admit(g.principal)
-        with backend.store.read() as conn:
-            caller: Caller | None
-            if validator is None:
+        caller: Caller | None
+        if validator is None:
+            with backend.store.read() as conn:
                 caller = backend.system_caller(conn)
-            else:
-                caller = backend.caller_for_app(conn, claims.get("appid"), claims.get("oid"))
-            if caller is None:
-                return _error_response(
-                    403, UNAUTHORIZED_CODE,
-                    f"The user with application id {claims.get('appid')} is not a member of the organization.")
-            caller = backend.impersonate(conn, caller, request.headers)
+        else:
+            caller = backend.caller_for_token(claims.get("appid"), claims.get("oid"))
+        if caller is None:
+            return _error_response(
+                403, UNAUTHORIZED_CODE,
+                f"The user with application id {claims.get('appid')} is not a member of the organization.")
+        if request.headers.get("MSCRMCallerID") or request.headers.get("CallerObjectId"):
+            with backend.store.read() as conn:
+                caller = backend.impersonate(conn, caller, request.headers)
         raw_path = request.path[len(API_PATH):].lstrip("/")
         req = Request(
             method=request.method,

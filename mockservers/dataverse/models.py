@@ -44,7 +44,7 @@ _SYSTEM_IDS = uuid.uuid5(uuid.NAMESPACE_URL, "https://bc-dataverse-sandbox.inval
 _READ_ONLY_MESSAGES = {"Retrieve", "RetrieveMultiple"} | {f.name for f in FUNCTIONS.values() if f.read_only}
 
 
-@dataclass
+@dataclass(frozen=True)
 class Caller:
     """Who is calling: the systemuser behind the token (application user for app tokens).
 
@@ -84,6 +84,9 @@ def _fixture_tables(data: dict, where: str) -> list[dict]:
     return tables
 
 
+CACHED_CALLERS = 1024  # (appid, oid) pairs whose application user is remembered
+
+
 class DataverseBackend:
     def __init__(self, db: Engine | str = "sqlite://", fixture: str = "default", *,
                  session: SessionProvider | None = None, fixtures: FixtureLibrary = DEFAULT_LIBRARY,
@@ -97,6 +100,7 @@ class DataverseBackend:
         self.schema: Schema = build_schema(load_customizations(fixture, fixtures))
         self.store = Store(self.schema, db, session=session, clock=clock)
         self.option_values = OptionValues(self.schema, self.store)
+        self._callers: dict[tuple[str | None, str | None], tuple[int, Caller | None]] = {}
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
         self._org_settings: dict[str, Any] = data.get("organization", {})
@@ -138,6 +142,23 @@ class DataverseBackend:
         """Refuse a message the table does not support, as the platform does (0x80040800)."""
         if not table_info(entity).supports(message):
             raise exc.message_not_supported(message, entity.name)
+
+    def caller_for_token(self, app_id: str | None, object_id: str | None) -> Caller | None:
+        """The application user a token's ``appid``/``oid`` stand for (None: not a user of this org).
+
+        Remembered while no transaction writes ``systemuser`` (the store's write generation), so a
+        user that is changed, disabled or removed is looked up afresh on the next request."""
+        key = (app_id, object_id)
+        generation = self.store.generation("systemuser")
+        cached = self._callers.get(key)
+        if cached is not None and cached[0] == generation:
+            return cached[1]
+        with self.store.read() as conn:
+            caller = self.caller_for_app(conn, app_id, object_id)
+        if len(self._callers) >= CACHED_CALLERS:
+            self._callers.clear()
+        self._callers[key] = (generation, caller)
+        return caller
 
     def caller_for_app(self, conn: Connection, app_id: str | None, object_id: str | None) -> Caller | None:
         users = self.store.table(self.entity("systemuser"))

@@ -6,7 +6,9 @@ turns an `InvalidToken` into its own 401 answer.
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
@@ -20,6 +22,7 @@ from mockservers.identity.registrations import AppRegistration
 
 DEFAULT_LIFETIME = 3599
 DEFAULT_LEEWAY = 30
+VERIFIED_TOKENS = 4096  # tokens whose signature a validator remembers (the least recently used go first)
 ALGORITHM = "RS256"
 
 
@@ -109,6 +112,8 @@ class TokenValidator:
                  clock: Clock | None = None) -> None:
         self._keys = keys
         self.clock = clock or Clock()
+        self._lock = threading.Lock()
+        self._verified: OrderedDict[str, dict[str, Any]] = OrderedDict()  # token -> claims, newest last
         self.issuer = issuer
         self.tenant_id = tenant_id
         self.leeway = leeway
@@ -139,12 +144,35 @@ class TokenValidator:
             raise InvalidToken("signature", f"The signing key could not be found: {exc}") from exc
 
     def validate(self, token: str | None, audiences: Iterable[str] | str) -> dict[str, Any]:
-        """Return the claims of a token valid for one of `audiences`, else raise `InvalidToken`."""
+        """Return the claims of a token valid for one of `audiences`, else raise `InvalidToken`.
+
+        What cannot change for a token (its signature, tenant and issuer) is checked once and
+        remembered; its lifetime (on the sandbox's clock) and audience are checked on every call."""
         if isinstance(audiences, str):
             audiences = {audiences}
         if not token or not token.strip():
             raise InvalidToken("missing", "No bearer token was presented.")
         token = token.strip()
+        with self._lock:
+            claims = self._verified.get(token)
+            if claims is not None:
+                self._verified.move_to_end(token)
+        if claims is None:
+            claims = self._verify(token)
+            with self._lock:
+                self._verified[token] = claims
+                while len(self._verified) > VERIFIED_TOKENS:
+                    self._verified.popitem(last=False)
+        self._check_lifetime(claims)
+        wanted = {_strip_slash(a).lower() for a in audiences}
+        presented = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
+        if not any(isinstance(a, str) and _strip_slash(a).lower() in wanted for a in presented):
+            raise InvalidToken("audience", f"The token audience '{claims['aud']}' is not valid for this "
+                                           "resource.")
+        return dict(claims)
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        """Signature, shape, tenant and issuer: the checks whose outcome a token keeps for life."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError as exc:
@@ -153,8 +181,8 @@ class TokenValidator:
             raise InvalidToken("signature", f"The token algorithm '{header.get('alg')}' is not accepted.")
         key = self._key_for(token, header)
         try:
-            # PyJWT checks the signature and the claims' types; lifetimes are checked below on the
-            # sandbox's clock, which PyJWT cannot be given.
+            # PyJWT checks the signature and the claims' types; lifetimes are checked on the sandbox's
+            # clock, which PyJWT cannot be given.
             claims: dict[str, Any] = jwt.decode(
                 token, key, algorithms=[ALGORITHM],
                 options={"verify_aud": False, "verify_iss": False, "verify_exp": False, "verify_nbf": False,
@@ -164,17 +192,12 @@ class TokenValidator:
             raise InvalidToken("signature", "The token signature is invalid.") from exc
         except jwt.InvalidTokenError as exc:
             raise InvalidToken("malformed", f"The token is malformed: {exc}") from exc
-        self._check_lifetime(claims)
+        self._check_lifetime(claims)  # an expired token is refused as expired, before its tenant
         if claims.get("tid") != self.tenant_id:
             raise InvalidToken("tenant", f"The token was issued for tenant '{claims.get('tid')}', "
                                          f"not '{self.tenant_id}'.")
         if _strip_slash(str(claims.get("iss"))) != _strip_slash(self.issuer):
             raise InvalidToken("issuer", f"The token issuer '{claims.get('iss')}' is not trusted.")
-        wanted = {_strip_slash(a).lower() for a in audiences}
-        presented = claims["aud"] if isinstance(claims["aud"], list) else [claims["aud"]]
-        if not any(isinstance(a, str) and _strip_slash(a).lower() in wanted for a in presented):
-            raise InvalidToken("audience", f"The token audience '{claims['aud']}' is not valid for this "
-                                           "resource.")
         return claims
 
     def _check_lifetime(self, claims: Mapping[str, Any]) -> None:

@@ -44,6 +44,13 @@ def is_memory(url: sa.URL | str) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
+# Connections kept open: one per server worker thread (wsgi.WORKER_THREADS), so that no request pays for
+# opening one (on SQLite that also means registering the collation and functions); more are opened
+# for a burst and closed after it.
+POOL_SIZE = 24
+POOL_OVERFLOW = 24
+
+
 def engine_options(url: str) -> dict[str, Any]:
     """``SQLALCHEMY_ENGINE_OPTIONS`` for a database URL."""
     parsed = sa.make_url(url)
@@ -51,8 +58,10 @@ def engine_options(url: str) -> dict[str, Any]:
         options: dict[str, Any] = {"connect_args": {"check_same_thread": False, "timeout": 30}}
         if is_memory(parsed):
             options["poolclass"] = StaticPool  # one shared in-memory database (the store serialises access)
+        else:
+            options.update(pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
         return options
-    return {"pool_pre_ping": True}
+    return {"pool_pre_ping": True, "pool_size": POOL_SIZE, "max_overflow": POOL_OVERFLOW}
 
 
 def app_config(url: str) -> dict[str, Any]:

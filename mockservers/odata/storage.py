@@ -35,6 +35,7 @@ from .schema import Edm, EntityType, Schema
 
 Row = dict[str, Any]
 FIRST_VERSION = 1001
+_TOUCHED = "sandbox_touched_entities"  # connection info: the entities this transaction wrote
 
 
 def _as_citext(value: Any) -> Any:
@@ -122,6 +123,8 @@ class Store:
         self.is_sqlite = self.dialect == "sqlite"
         self.is_postgresql = self.dialect == "postgresql"
         self._session = session
+        self._generations: dict[str, int] = {}
+        self._generation_lock = threading.Lock()
         # One shared in-memory connection: serialise access ourselves.
         self._memory_lock = threading.RLock() if isinstance(self.engine.pool, StaticPool) else None
         self.metadata = sa.MetaData()
@@ -151,8 +154,11 @@ class Store:
             if session is None:
                 with self.engine.connect() as conn:
                     conn.execution_options(**{WRITE: write})
-                    with conn.begin():
-                        yield conn
+                    try:
+                        with conn.begin():
+                            yield conn
+                    finally:
+                        self._ended(conn.info.pop(_TOUCHED, None))
                 return
             if session.in_transaction():  # nested in this request's open transaction: join it
                 yield session.connection()
@@ -161,9 +167,36 @@ class Store:
             try:
                 yield conn
             except BaseException:
-                session.rollback()
+                touched = conn.info.pop(_TOUCHED, None)
+                try:
+                    session.rollback()
+                finally:
+                    self._ended(touched)
                 raise
-            session.commit()
+            touched = conn.info.pop(_TOUCHED, None)
+            try:
+                session.commit()
+            finally:
+                self._ended(touched)
+
+    # -- write generations: what in-memory caches of rows check ---------------------------------
+    def generation(self, entity_name: str) -> int:
+        """A number that changes whenever a transaction writing ``entity_name`` starts writing it and
+        again when it ends: a value read from the table while it stays the same is still current
+        (a cache taken during a write is invalidated by the end of that write)."""
+        return self._generations.get(entity_name, 0)
+
+    def _touch(self, conn: Connection, entity_name: str) -> None:
+        conn.info.setdefault(_TOUCHED, set()).add(entity_name)
+        with self._generation_lock:
+            self._generations[entity_name] = self._generations.get(entity_name, 0) + 1
+
+    def _ended(self, touched: set[str] | None) -> None:
+        """A transaction ended (committed or rolled back): what it wrote changes generation again."""
+        if touched:
+            with self._generation_lock:
+                for name in touched:
+                    self._generations[name] = self._generations.get(name, 0) + 1
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
@@ -280,6 +313,8 @@ class Store:
             for table in reversed(self.metadata.sorted_tables):
                 if table is not self._sequence:
                     conn.execute(table.delete())
+            for entity in self.schema.entities:
+                self._touch(conn, entity.name)
             floor = self.next_version(conn)
             conn.execute(sa.update(self._sequence).where(self._sequence.c.id == 1).values(floor=floor))
 
@@ -340,6 +375,7 @@ class Store:
         return dict(row[0]) if len(row) == 1 else None
 
     def _stamp(self, entity: EntityType, values: dict[str, Any], conn: Connection, *, creating: bool) -> int:
+        self._touch(conn, entity.name)
         version = self.next_version(conn)
         now = self.clock.utcnow()
         if entity.version_property:
@@ -381,6 +417,7 @@ class Store:
         for a service's own rows written at start, where per-row checks would only cost time."""
         if not rows:
             return
+        self._touch(conn, entity.name)
         first = self.next_versions(conn, len(rows))
         now = self.clock.utcnow()
         stamped = []
@@ -439,6 +476,7 @@ class Store:
         current = self.get(conn, entity, key, scope)
         if current is None:
             raise NotFound(entity.name, key)
+        self._touch(conn, entity.name)
         stmt = sa.delete(table).where(table.c[entity.key] == key)
         stmt = self._scoped(entity, stmt, scope)
         if if_version is not None and entity.version_property:
