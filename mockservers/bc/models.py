@@ -7,7 +7,6 @@ number series for `number`, and the AL validation errors (`A "displayName" must 
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +50,38 @@ def checked_document(data: dict, where: str) -> dict:
     return data
 
 
+# BC's No. Series Line "Last No. Used", per company and prefix (the API does not show it).
+number_series_table = sa.Table(
+    "_number_series", sa.MetaData(),
+    sa.Column("company_id", sa.String(36), primary_key=True),
+    sa.Column("prefix", sa.String(20), primary_key=True),
+    sa.Column("last_no", sa.String(20), nullable=False),
+)
+
+
+_SERIES_KEY = ((number_series_table.c.company_id == sa.bindparam("b_company"))
+               & (number_series_table.c.prefix == sa.bindparam("b_prefix")))
+_LAST_NO = sa.select(number_series_table.c.last_no).where(_SERIES_KEY)
+_SET_LAST_NO = number_series_table.update().where(_SERIES_KEY).values(last_no=sa.bindparam("number"))
+
+
+def _series_digits(prefix: str, number: str) -> str | None:
+    if not number.startswith(prefix) or not number[len(prefix):].isdigit() or not number[len(prefix):].isascii():
+        return None
+    return number[len(prefix):]
+
+
+def _number_order(prefix: str, number: str) -> tuple[int, int]:
+    digits = _series_digits(prefix, number) or ""
+    return (len(digits), int(digits) if digits else -1)
+
+
+def _after(prefix: str, number: str) -> str:
+    """10 after ``number``, keeping its width."""
+    digits = _series_digits(prefix, number) or "0"
+    return f"{prefix}{int(digits) + 10:0{len(digits)}d}"
+
+
 @dataclass
 class Company:
     id: str
@@ -70,6 +101,7 @@ class BCBackend:
         data = load_fixture(fixture, fixtures)
         self.schema: Schema = build_schema()
         self.store = Store(self.schema, db, session=session, clock=clock)
+        number_series_table.create(self.store.engine, checkfirst=True)
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
         self.environment: str = data.get("environment", "production")
@@ -323,21 +355,42 @@ class BCBackend:
             values["number"] = self._next_number(conn, entity, company_id, series)
 
     def _next_number(self, conn: Connection, entity: EntityType, company_id: str, prefix: str) -> str:
-        """The series' next number: 10 after the highest `<prefix><digits>` in use (longest, then largest,
-        read from the number index instead of scanning every row)."""
+        """The series' next number: 10 after its last number, kept per company and prefix as BC keeps a
+        No. Series Line's "Last No. Used" (so a number costs a keyed read, however many rows there are).
+        A series used for the first time starts after the highest `<prefix><digits>` in use."""
+        key = {"b_company": company_id, "b_prefix": prefix}
+        last = conn.execute(_LAST_NO, key).scalar()
+        if last is None:
+            highest = self._highest_number(conn, entity, company_id, prefix)
+            number = _after(prefix, highest) if highest else f"{prefix}{10:05d}"
+            conn.execute(number_series_table.insert(), {"company_id": company_id, "prefix": prefix, "last_no": number})
+            return number
+        number = _after(prefix, last)
+        conn.execute(_SET_LAST_NO, {**key, "number": number})
+        return number
+
+    def _note_number(self, conn: Connection, entity: EntityType, company_id: str, number: Any) -> None:
+        """A number given by the client moves its series past it when it is the series' highest."""
+        prefix = entity_info(entity).number_series
+        if prefix is None or not isinstance(number, str) or _series_digits(prefix, number) is None:
+            return
+        key = {"b_company": company_id, "b_prefix": prefix}
+        last = conn.execute(_LAST_NO, key).scalar()
+        if last is not None and _number_order(prefix, number) > _number_order(prefix, last):
+            conn.execute(_SET_LAST_NO, {**key, "number": number})
+
+    def _highest_number(self, conn: Connection, entity: EntityType, company_id: str, prefix: str) -> str | None:
+        """The highest `<prefix><digits>` in use: the longest, then the largest (one scan of the range)."""
         table = self.store.table(entity)
-        pattern = re.compile(rf"^{re.escape(prefix)}(\d+)$")
         stmt = (sa.select(table.c.number)
                 .where(table.c.companyId == company_id, table.c.number.startswith(prefix, autoescape=True))
                 .order_by(sa.func.length(table.c.number).desc(), table.c.number.desc()))
         if self.store.is_sqlite:  # the sandbox's LIKE is a function there: give the index a range to seek
             stmt = stmt.where(table.c.number >= prefix, table.c.number < prefix + "\U0010ffff")
         for (number,) in conn.execute(stmt):
-            m = pattern.match(number or "")
-            if m:
-                digits = m.group(1)
-                return f"{prefix}{int(digits) + 10:0{len(digits)}d}"
-        return f"{prefix}{10:05d}"
+            if _series_digits(prefix, number or "") is not None:
+                return str(number)
+        return None
 
     def create(self, conn: Connection, entity: EntityType, company_id: str, body: Any) -> Row:
         values = self.prepare(conn, entity, company_id, body, creating=True)
@@ -345,9 +398,12 @@ class BCBackend:
         if not values.get(entity.key):
             values[entity.key] = str(uuid.uuid4())
         try:
-            return self.store.insert(conn, entity, values, company_id)
+            row = self.store.insert(conn, entity, values, company_id)
         except engine.ODataError as error:
             raise exc.from_engine(error, entity, entity_info(entity).caption, values) from error
+        if isinstance(body, dict) and body.get("number"):
+            self._note_number(conn, entity, company_id, row.get("number"))
+        return row
 
     def update(self, conn: Connection, entity: EntityType, company_id: str, key: str, body: Any, *,
                if_version: int | None) -> Row:
@@ -356,9 +412,13 @@ class BCBackend:
             raise exc.resource_not_found(entity.set_name)
         values = self.prepare(conn, entity, company_id, body, creating=False, existing=existing)
         try:
-            return self.store.update(conn, entity, key, values, if_version=if_version, scope=company_id)
+            row = self.store.update(conn, entity, key, values, if_version=if_version, scope=company_id,
+                                    current=existing)
         except engine.ODataError as error:
             raise exc.from_engine(error, entity, entity_info(entity).caption, {**existing, **values}) from error
+        if values.get("number"):
+            self._note_number(conn, entity, company_id, row.get("number"))
+        return row
 
     def delete(self, conn: Connection, entity: EntityType, company_id: str, key: str, *,
                if_version: int | None) -> Row:
@@ -393,4 +453,6 @@ class BCBackend:
 
     def reset(self) -> None:
         self.store.reset()
+        with self.store.write() as conn:  # the series start again with the data
+            conn.execute(number_series_table.delete())
         self._ensure_companies()

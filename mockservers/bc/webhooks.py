@@ -335,6 +335,7 @@ class Webhooks:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._targets: frozenset[str] | None = None  # resources some subscription watches (None: read anew)
         _metadata.create_all(engine, tables=[subscription_table], checkfirst=True)
 
     # ------------------------------------------------------------------ subscriptions
@@ -366,6 +367,7 @@ class Webhooks:
             "row_version": 1,
         }
         with self._lock, self.engine.begin() as conn:
+            self._targets = None
             self._check_capacity(conn)  # another create may have won while we were handshaking
             conn.execute(subscription_table.insert().values(**row))
         return self._serialize(row)
@@ -402,6 +404,7 @@ class Webhooks:
         )
         table = subscription_table
         with self._lock, self.engine.begin() as conn:
+            self._targets = None
             updated = conn.execute(
                 table.update()
                 .where(table.c.subscription_id == row["subscription_id"], table.c.row_version == row["row_version"])
@@ -422,6 +425,7 @@ class Webhooks:
         self._check_if_match(row, if_match, required=False)
         table = subscription_table
         with self._lock, self.engine.begin() as conn:
+            self._targets = None
             deleted = conn.execute(table.delete().where(
                 table.c.subscription_id == row["subscription_id"], table.c.row_version == row["row_version"]
             )).rowcount
@@ -456,6 +460,8 @@ class Webhooks:
             raise ValueError(f"change_type must be one of {CHANGE_TYPES}, not {change_type!r}")
         prefix = canonical_prefix(api_prefix)
         target = ResourceTarget(prefix, company_id.lower(), entity_set)
+        if target.key not in self._watched():  # most writes: nobody subscribed to this resource
+            return
         now = _ms(self.clock())
         table = subscription_table
         with self._lock:
@@ -661,11 +667,22 @@ class Webhooks:
             "systemModifiedBy": row["modified_by"],
         }
 
+    def _watched(self) -> frozenset[str]:
+        """The resources with at least one subscription (expired ones included), read once and again
+        after every change to the subscriptions, all of which go through this object."""
+        targets = self._targets
+        if targets is None:
+            with self._lock, self.engine.connect() as conn:
+                targets = self._targets = frozenset(
+                    conn.execute(sa.select(subscription_table.c.target).distinct()).scalars())
+        return targets
+
     def _purge_expired(self) -> None:
         """BC's job deletes expired subscriptions before it sends anything."""
         table = subscription_table
         now = _to_db(self.clock())
         with self._lock, self.engine.begin() as conn:
+            self._targets = None
             expired = conn.execute(sa.select(table.c.subscription_id).where(table.c.expiration <= now)).scalars().all()
             if expired:
                 conn.execute(table.delete().where(table.c.subscription_id.in_(expired)))
@@ -675,6 +692,7 @@ class Webhooks:
         if not ids:
             return
         with self._lock, self.engine.begin() as conn:
+            self._targets = None
             conn.execute(subscription_table.delete().where(subscription_table.c.subscription_id.in_(ids)))
             self._drop_pending(ids)
 

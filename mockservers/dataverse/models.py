@@ -596,10 +596,12 @@ class DataverseBackend:
                     raise exc.bad_request(f"Invalid value in collection '{nav.name}'.")
 
     def update(self, conn: Connection, entity: EntityType, key: str, body: Any, *, caller: Caller,
-               if_version: int | None = None) -> Row:
+               if_version: int | None = None, existing: Row | None = None) -> Row:
+        """``existing``: the row as this write transaction read it already (an upsert found it)."""
         self.check_message(entity, "Update")
         self.authorize(caller, "Write", entity)
-        existing = self.store.get(conn, entity, key)
+        if existing is None:
+            existing = self.store.get(conn, entity, key)
         if existing is None:
             raise exc.not_found(entity.name, key)
         values, deferred = self.prepare(conn, entity, body, creating=False, caller=caller, existing=existing)
@@ -607,7 +609,7 @@ class DataverseBackend:
         self._server_columns(conn, entity, values, caller, creating=False, existing=existing)
         self._system_required(entity, values, creating=False)
         try:
-            row = self.store.update(conn, entity, key, values, if_version=if_version)
+            row = self.store.update(conn, entity, key, values, if_version=if_version, current=existing)
         except engine.ODataError as error:
             raise exc.from_engine(error, entity) from error
         self._run_deferred(conn, entity, row, deferred, caller)
@@ -634,7 +636,8 @@ class DataverseBackend:
                                          "property provided.")
             if key.named and isinstance(body, dict):  # keys cannot change through themselves
                 body = {k: v for k, v in body.items() if k not in key.named}
-            return self.update(conn, entity, row[entity.key], body, caller=caller, if_version=version), False
+            return self.update(conn, entity, row[entity.key], body, caller=caller, if_version=version,
+                               existing=row), False
         if if_match:
             raise exc.not_found(entity.name, _key_text(key))
         key_values: dict[str, Any] = {}

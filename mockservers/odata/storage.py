@@ -14,7 +14,7 @@ so nothing handed out before a reset is ever valid again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -125,6 +125,7 @@ class Store:
         self._session = session
         self._generations: dict[str, int] = {}
         self._generation_lock = threading.Lock()
+        self._statements: dict[tuple[Any, ...], Any] = {}
         # One shared in-memory connection: serialise access ourselves.
         self._memory_lock = threading.RLock() if isinstance(self.engine.pool, StaticPool) else None
         self.metadata = sa.MetaData()
@@ -332,8 +333,9 @@ class Store:
                 conn.execute(sa.select(sa.func.setval("_row_version", first + count - 1)))
             return first
         seq = self._sequence
-        stmt = sa.update(seq).where(seq.c.id == 1).values(value=seq.c.value + count).returning(seq.c.value)
-        return int(conn.execute(stmt).scalar_one()) - count + 1
+        stmt = self._statement(("versions",), lambda: sa.update(seq).where(seq.c.id == 1).values(
+            value=seq.c.value + sa.bindparam("_count", type_=sa.BigInteger)).returning(seq.c.value))
+        return int(conn.execute(stmt, {"_count": count}).scalar_one()) - count + 1
 
     def current_version(self, conn: Connection) -> int:
         """The highest committed row version: every change at or below it is visible to ``conn``."""
@@ -360,19 +362,57 @@ class Store:
         return stmt
 
     def get(self, conn: Connection, entity: EntityType, key: str, scope: str | None = None) -> Row | None:
-        table = self.table(entity)
-        stmt = self._scoped(entity, sa.select(table).where(table.c[entity.key] == key), scope)
-        row = conn.execute(stmt).mappings().first()
+        stmt = self._statement(("get", entity.name, scope is not None), lambda: self._get_statement(entity, scope))
+        params = {"_key": key} if scope is None or not entity.scope_property else {"_key": key, "_scope": scope}
+        row = conn.execute(stmt, params).mappings().first()
         return dict(row) if row is not None else None
+
+    def _get_statement(self, entity: EntityType, scope: str | None) -> Any:
+        table = self.table(entity)
+        stmt = sa.select(table).where(table.c[entity.key] == sa.bindparam("_key"))
+        if entity.scope_property and scope is not None:
+            stmt = stmt.where(table.c[entity.scope_property] == sa.bindparam("_scope"))
+        return stmt
+
+    def _statement(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """A statement built once per shape and executed with parameters: building one costs more
+        than running it."""
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = self._statements[key] = build()
+        return stmt
 
     def find(self, conn: Connection, entity: EntityType, values: dict[str, Any], scope: str | None = None) -> Row | None:
         """Find one row by equality on the given columns (alternate keys)."""
-        table = self.table(entity)
-        stmt = sa.select(table)
-        for name, value in values.items():
-            stmt = stmt.where(table.c[name].is_(None) if value is None else table.c[name] == value)
-        row = conn.execute(self._scoped(entity, stmt, scope).limit(2)).mappings().all()
+        shape = tuple((name, value is None) for name, value in sorted(values.items()))
+        scoped = bool(entity.scope_property and scope is not None)
+
+        def build() -> Any:
+            table = self.table(entity)
+            stmt = sa.select(table)
+            for name, is_null in shape:
+                stmt = stmt.where(table.c[name].is_(None) if is_null else table.c[name] == sa.bindparam(f"_v_{name}"))
+            if scoped:
+                assert entity.scope_property is not None
+                stmt = stmt.where(table.c[entity.scope_property] == sa.bindparam("_scope"))
+            return stmt.limit(2)
+
+        params: dict[str, Any] = {f"_v_{name}": value for name, value in values.items() if value is not None}
+        if scoped:
+            params["_scope"] = scope
+        row = conn.execute(self._statement(("find", entity.name, shape, scoped), build), params).mappings().all()
         return dict(row[0]) if len(row) == 1 else None
+
+    def _update_statement(self, entity: EntityType, columns: tuple[str, ...], scoped: bool, conditional: bool) -> Any:
+        table = self.table(entity)
+        stmt = sa.update(table).where(table.c[entity.key] == sa.bindparam("_key"))
+        if scoped:
+            assert entity.scope_property is not None
+            stmt = stmt.where(table.c[entity.scope_property] == sa.bindparam("_scope"))
+        if conditional:
+            assert entity.version_property is not None
+            stmt = stmt.where(table.c[entity.version_property] == sa.bindparam("_version"))
+        return stmt.values({name: sa.bindparam(f"_v_{name}") for name in columns}).returning(*table.c)
 
     def _stamp(self, entity: EntityType, values: dict[str, Any], conn: Connection, *, creating: bool) -> int:
         self._touch(conn, entity.name)
@@ -387,9 +427,15 @@ class Store:
         return version
 
     def _check_alternate_keys(
-        self, conn: Connection, entity: EntityType, row: Row, exclude_key: str | None, scope: str | None
+        self, conn: Connection, entity: EntityType, row: Row, exclude_key: str | None, scope: str | None,
+        changed: Iterable[str] | None = None,
     ) -> None:
+        """No other row may hold the same values of an alternate key; with ``changed`` (an update),
+        only the keys whose columns it changes are checked (the others held before)."""
+        touched = set(changed) if changed is not None else None
         for key in entity.alternate_keys:
+            if touched is not None and touched.isdisjoint(key.properties):
+                continue
             probe = {p: row.get(p) for p in key.properties}
             if any(v is None for v in probe.values()):
                 continue  # NULLs never collide (as on SQL Server filtered unique indexes)
@@ -407,7 +453,10 @@ class Store:
         self._check_alternate_keys(conn, entity, values, None, scope)
         self._stamp(entity, values, conn, creating=True)
         try:
-            row = conn.execute(table.insert().values(**values).returning(*table.c)).mappings().one()
+            columns = tuple(sorted(values))
+            stmt = self._statement(("insert", entity.name, columns), lambda: table.insert().values(
+                {name: sa.bindparam(f"_v_{name}") for name in columns}).returning(*table.c))
+            row = conn.execute(stmt, {f"_v_{name}": value for name, value in values.items()}).mappings().one()
         except IntegrityError as exc:  # a concurrent writer on a server database
             raise AlreadyExists("A record with matching key values already exists.") from exc
         return dict(row)
@@ -441,22 +490,32 @@ class Store:
         *,
         if_version: int | None = None,
         scope: str | None = None,
+        current: Row | None = None,
     ) -> Row:
         """Conditional update: the WHERE clause carries the expected version, so exactly one of
-        several concurrent writers holding the same ETag wins."""
-        table = self.table(entity)
-        current = self.get(conn, entity, key, scope)
+        several concurrent writers holding the same ETag wins. ``current`` is the row as this write
+        transaction read it already (it cannot change under the only writer), saving a read."""
+        if current is None:
+            current = self.get(conn, entity, key, scope)
         if current is None:
             raise NotFound(entity.name, key)
         merged = {**current, **values}
-        self._check_alternate_keys(conn, entity, merged, key, scope)
+        self._check_alternate_keys(conn, entity, merged, key, scope, changed=[
+            name for name, value in values.items() if current.get(name) != value])
         values = dict(values)
         self._stamp(entity, values, conn, creating=False)
-        stmt = sa.update(table).where(table.c[entity.key] == key).values(**values)
-        stmt = self._scoped(entity, stmt, scope)
-        if if_version is not None and entity.version_property:
-            stmt = stmt.where(table.c[entity.version_property] == if_version)
-        row = conn.execute(stmt.returning(*table.c)).mappings().first()
+        scoped = bool(entity.scope_property and scope is not None)
+        conditional = bool(if_version is not None and entity.version_property)
+        columns = tuple(sorted(values))
+        stmt = self._statement(("update", entity.name, columns, scoped, conditional),
+                               lambda: self._update_statement(entity, columns, scoped, conditional))
+        params = {f"_v_{name}": value for name, value in values.items()}
+        params["_key"] = key
+        if scoped:
+            params["_scope"] = scope
+        if conditional:
+            params["_version"] = if_version
+        row = conn.execute(stmt, params).mappings().first()
         if row is None:
             if self.get(conn, entity, key, scope) is None:
                 raise NotFound(entity.name, key)
