@@ -44,7 +44,7 @@ def is_memory(url: sa.URL | str) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
-# Connections kept open: one per server worker thread (wsgi.WORKER_THREADS), so that no request pays for
+# Connections kept open: one per server worker thread (server.wsgi.WORKER_THREADS), so that no request pays for
 # opening one (on SQLite that also means registering the collation and functions); more are opened
 # for a burst and closed after it.
 POOL_SIZE = 24

@@ -147,9 +147,21 @@ def _bind_error(host: str, port: int) -> OSError | None:
     return None
 
 
+# Connections waiting in the kernel for the server to accept them (cheroot's default of 5 overflows under
+# a burst of new connections: the kernel then drops SYNs and clients wait a second to retry).
+LISTEN_BACKLOG = 1024
+# Idle keep-alive connections the server keeps open (cheroot's default of 10 closes the 11th client's
+# connection after each answer, so 16 steady clients keep reconnecting; a real service keeps them).
+KEEP_ALIVE_CONNECTIONS = 1000
+WORKER_THREADS = 64
+
+
 class ServiceServer:
-    def __init__(self, host: str, port: int, app: Any, tls: TlsFiles | None = None, threads: int = 24) -> None:
-        self._server = wsgi.Server((host, port), app, numthreads=threads, timeout=30, shutdown_timeout=2)
+    def __init__(self, host: str, port: int, app: Any, tls: TlsFiles | None = None,
+                 threads: int = WORKER_THREADS) -> None:
+        self._server = wsgi.Server((host, port), app, numthreads=threads, timeout=30, shutdown_timeout=2,
+                                   request_queue_size=LISTEN_BACKLOG)
+        self._server.keep_alive_conn_limit = KEEP_ALIVE_CONNECTIONS
         # Request line plus headers: far above the services' own URL limits (which answer in their
         # envelopes), low enough that a 20 MB URL is refused before a worker spends seconds on it.
         self._server.max_request_header_size = MAX_REQUEST_HEAD_BYTES
