@@ -4,9 +4,9 @@ What BC's job queue does every 30 minutes with codeunit "CRM Integration Table S
 (https://learn.microsoft.com/dynamics365/business-central/admin-scheduled-synchronization-using-the-synchronization-job-queue-entries):
 per direction, first the records whose last synchronization failed, then the records modified since
 the mapping's watermark; the watermark then moves to the latest modified-on the pass saw, capped at
-the pass's start (on the connector's clock, or the source's where its ``Date`` header shows it ahead). Dataverse rows are read back with a 999 ms overlap, and, for bidirectional
-mappings, without the rows the integration user wrote itself, so the connector's own writes are not
-synchronized back.
+the pass's start (on the connector's clock, or the source's where its ``Date`` header shows it
+ahead). Dataverse rows are read back with a 999 ms overlap, and, for bidirectional mappings, without
+the rows the integration user wrote itself, so the connector's own writes are not synchronized back.
 """
 
 from __future__ import annotations

@@ -139,9 +139,12 @@ def _running_sandbox(data_dir: Path) -> dict:
                                    "(or pass --data-dir)")
     try:
         info = json.loads(path.read_text())
-        info["admin_token"], info["dataverse"]["url"], info["bc"]["url"]  # noqa: B018 (the keys must be there)
-    except (ValueError, KeyError, TypeError):
-        raise click.ClickException(f"{path} is not a sandbox.json written by `mockservers serve`") from None
+        complete = isinstance(info, dict) and "admin_token" in info and all(
+            isinstance(info.get(name), dict) and "url" in info[name] for name in SERVICE_NAMES)
+    except ValueError:
+        complete = False
+    if not complete:
+        raise click.ClickException(f"{path} is not a sandbox.json written by `mockservers serve`")
     return dict(info)
 
 
@@ -214,11 +217,12 @@ def _journal_entries(controls: dict, selection: Any) -> list[dict]:
 
 def _print_entries(entries: list[dict], as_json: bool, *, lines: bool = False) -> None:
     """A line per request; with ``as_json`` one JSON array, or a JSON object per line when following."""
-    if as_json:
-        if not lines:
-            click.echo(json.dumps(entries, indent=2))
-        for entry in entries if lines else ():
+    if as_json and lines:
+        for entry in entries:
             click.echo(json.dumps(entry))
+        return
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
         return
     out = Console(soft_wrap=True)
     for e in entries:

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from mockservers.cli import main as mockservers_main
-from mockservers.sandbox.journal import Journal, JournalEntry
+from mockservers.sandbox.journal import Journal, JournalEntry, JournalQuery, body_text
 from mockservers.testing import RunningSandbox
 
 ACCOUNT = "a0000000-0000-4000-8000-000000000006"
@@ -96,21 +96,20 @@ def test_a_bad_journal_query_is_400(traffic: RunningSandbox, params: dict[str, s
     assert says in resp.json()["error"]["message"]
 
 
-def test_bodies_are_cut_at_the_limit_and_old_entries_make_room() -> None:
+def test_bodies_are_cut_at_the_limit() -> None:
+    assert body_text(b"0123456789abc", 10) == ("0123456789", True)
+    assert body_text(b"0123", 10) == ("0123", False) and body_text(b"", 10) == (None, False)
+
+
+def test_old_entries_make_room_for_new_bodies() -> None:
     journal = Journal(maxlen=100, body_limit=10, body_budget=25)
     for index in range(4):
         entry = JournalEntry(service="s", method="POST", path=f"/p{index}")
         entry.body, entry.body_truncated = "0123456789", index == 0
         journal.record(entry)
-    kept = journal.select(journal_query())
+    kept = journal.select(JournalQuery())
     assert [e.path for e in kept] == ["/p2", "/p3"]  # 40 body bytes over a budget of 25: the oldest go
     assert journal.counters()["total"] == 4  # counted all the same
-
-
-def journal_query() -> Any:
-    from mockservers.sandbox.journal import JournalQuery
-
-    return JournalQuery()
 
 
 def test_mockservers_journal_command(sandbox_live: RunningSandbox) -> None:

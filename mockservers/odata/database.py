@@ -44,9 +44,9 @@ def is_memory(url: sa.URL | str) -> bool:
     return url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:")
 
 
-# Connections kept open: one per server worker thread (server.wsgi.WORKER_THREADS), so that no request pays for
-# opening one (on SQLite that also means registering the collation and functions); more are opened
-# for a burst and closed after it.
+# Connections kept open for the requests a service runs at once, so that no request pays for opening one
+# (on SQLite that also means registering the collation and functions); more are opened for a burst and
+# closed after it.
 POOL_SIZE = 24
 POOL_OVERFLOW = 24
 

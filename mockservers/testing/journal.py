@@ -59,7 +59,7 @@ class RecordedRequest:
             query_options=dict(entry.get("query_options") or {}),
             headers=CaseInsensitiveDict(entry.get("headers") or {}),
             body=entry.get("body"), body_truncated=bool(entry.get("body_truncated")),
-            time=datetime.fromisoformat(stamp.replace("Z", "+00:00")) if stamp else None,
+            time=datetime.fromisoformat(stamp) if stamp else None,
             duration_ms=entry.get("duration_ms", 0.0), principal=entry.get("principal"),
             fault=entry.get("fault"), rejected_by=entry.get("rejected_by"),
             batch_operations=entry.get("batch_operations"), template=entry.get("template"),

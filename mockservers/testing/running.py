@@ -9,6 +9,7 @@ that answers its URLs. :func:`sandbox` is the same as a context manager.
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -73,7 +74,7 @@ class _PinnedSession(requests.Session):
 
 
 def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return datetime.fromisoformat(text)  # (Python 3.11 reads the Z suffix)
 
 
 @dataclass
@@ -153,15 +154,11 @@ class RunningSandbox:
         return s
 
     # -- the control API --------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def controls(self) -> dict[str, ControlClient]:
         """Each service's control API (``/_sandbox``)."""
-        cached = self.__dict__.get("_controls")
-        if cached is None:
-            cached = {name: ControlClient(self.info[name]["url"], self.info["admin_token"], verify=self.verify)
-                      for name in SERVICES}
-            self.__dict__["_controls"] = cached
-        return cached
+        return {name: ControlClient(self.info[name]["url"], self.info["admin_token"], verify=self.verify)
+                for name in SERVICES}
 
     def control(self, method: str, path: str, service: str = "dataverse", **kwargs: Any) -> requests.Response:
         """A raw control call (the response as it came), for tests of the control API itself."""
