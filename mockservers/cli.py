@@ -13,8 +13,10 @@ from typing import Any
 
 import click
 import requests
+from requests.adapters import HTTPAdapter
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
+from urllib3.util.retry import Retry
 
 from .sandbox.fixtures import FixtureError, UnknownFixture
 from .server import Sandbox, SandboxConfig
@@ -208,6 +210,103 @@ def journal(data_dir: Path, service: str, method: str | None, path_pattern: str 
     except requests.RequestException as error:
         raise click.ClickException(f"cannot reach the sandbox ({str(error).splitlines()[0][:200]}); "
                                    f"is `mockservers serve --data-dir {data_dir}` running?") from None
+
+
+@main.command()
+@click.option("--customers", type=int, default=1000, show_default=True, help="BC customers.")
+@click.option("--accounts", type=int, default=None, show_default="as many as customers", help="Dataverse accounts.")
+@click.option("--contacts", type=int, default=0, show_default=True, help="BC contacts, and as many Dataverse contacts.")
+@click.option("--items", type=int, default=0, show_default=True, help="BC items, and as many Dataverse products.")
+@click.option("--overlap", type=float, default=0.5, show_default=True,
+              help="Share of customers that have an account of the same name (match-based coupling finds them).")
+@click.option("--case-variants", type=float, default=0.1, show_default=True,
+              help="Share of those accounts whose name differs only in letter case.")
+@click.option("--duplicates", type=float, default=0.0, show_default=True,
+              help="Share of overlapping customers whose name is on two accounts (no unique match).")
+@click.option("--seed", type=int, default=1, show_default=True, help="Same seed, same data.")
+@click.option("--company", default=None, show_default="the first", help="BC company, by id or name.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path(".sandbox"),
+              show_default=True, help="The data dir of the running sandbox (its sandbox.json).")
+@click.option("--json", "as_json", is_flag=True, help="The outcome as JSON.")
+def generate(customers: int, accounts: int | None, contacts: int, items: int, overlap: float, case_variants: float,
+             duplicates: float, seed: int, company: str | None, data_dir: Path, as_json: bool) -> None:
+    """Generate synthetic customers, accounts, contacts and products and load them into a running sandbox
+    through the bulk paths (Dataverse CreateMultiple, BC JSON $batch)."""
+    from . import generate as generator
+
+    try:
+        scale = generator.Scale(customers=customers, accounts=accounts, contacts=contacts, items=items,
+                                overlap=overlap, case_variants=case_variants, duplicates=duplicates, seed=seed)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    info = _running_sandbox(data_dir)
+    company_id = _company_id(info, company)
+    verify = info.get("ca_bundle") or True
+    dataset = generator.generate(scale)
+    try:
+        dv = _app_session(info, "dataverse", verify)
+        bc = _app_session(info, "bc", verify)
+        report = generator.load(dataset, dataverse=dv, dataverse_api=info["dataverse"]["api_root"], bc=bc,
+                                bc_api=info["bc"]["api_root"], company_id=company_id, progress=not as_json)
+    except generator.LoadError as error:
+        raise click.ClickException(str(error)) from None
+    except requests.RequestException as error:
+        raise click.ClickException(f"cannot reach the sandbox ({str(error).splitlines()[0][:200]}); "
+                                   f"is `mockservers serve --data-dir {data_dir}` running?") from None
+    records = sum(len(rows) for rows in (*dataset.bc.values(), *dataset.dataverse.values()))
+    rate = records / report.seconds if report.seconds else 0.0
+    if as_json:
+        click.echo(json.dumps({"counts": report.counts, "seconds": round(report.seconds, 3),
+                               "records_per_second": round(rate, 1), "requests": report.requests,
+                               "matching": dataset.matching, "company": company_id}))
+        return
+    shown = ", ".join(f"{n:,} {key}" for key, n in report.counts.items() if n)
+    click.echo(f"loaded {shown or 'nothing'} in {report.seconds:.1f} s ({rate:,.0f} records/s, "
+               f"{report.requests:,} requests); {dataset.matching:,} customers match exactly one account by name")
+
+
+def _company_id(info: dict, wanted: str | None) -> str:
+    companies = (info.get("bc") or {}).get("companies") or []
+    if not companies:
+        raise click.ClickException("the sandbox's sandbox.json lists no BC company")
+    if wanted is None:
+        return str(companies[0]["id"])
+    for company in companies:
+        if wanted.lower() in (str(company["id"]).lower(), str(company.get("name", "")).lower()):
+            return str(company["id"])
+    known = ", ".join(f"{c.get('name')} ({c['id']})" for c in companies)
+    raise click.ClickException(f"no BC company {wanted!r} in this sandbox; it has {known}")
+
+
+def _app_session(info: dict, service: str, verify: bool | str) -> requests.Session:
+    """A session authenticated as the sandbox's integration app (client credentials at the mock Entra ID)."""
+    app, identity = info.get("app") or {}, info.get("identity") or {}
+    if "authority" not in identity or "scope" not in info[service]:
+        raise click.ClickException("sandbox.json has no identity authority or scope; restart the sandbox with this "
+                                   "version of `mockservers serve`")
+    resp = requests.post(f"{identity['authority']}/oauth2/v2.0/token",
+                         data={"grant_type": "client_credentials", "client_id": app.get("client_id"),
+                               "client_secret": app.get("client_secret"), "scope": info[service]["scope"]},
+                         verify=verify, timeout=30)
+    if resp.status_code != 200:
+        try:
+            detail = str(resp.json().get("error_description") or resp.text)
+        except ValueError:
+            detail = resp.text
+        detail = detail.strip().splitlines()[0][:200] if detail.strip() else f"status {resp.status_code}"
+        raise click.ClickException(f"the identity service refused a token for {service}: {detail}")
+    session = requests.Session()
+    session.verify = verify
+    session.trust_env = False  # REQUESTS_CA_BUNDLE would override the sandbox CA, and a proxy could take localhost
+    session.headers.update({"Authorization": f"Bearer {resp.json()['access_token']}", "Accept": "application/json",
+                            "OData-MaxVersion": "4.0", "OData-Version": "4.0"})
+    # Throttled requests (429) were refused before any work, so sending them again is safe; Retry-After is honoured.
+    retry = Retry(total=8, connect=3, read=0, status=8, status_forcelist=(429,), allowed_methods=None,
+                  backoff_factor=0.5, respect_retry_after_header=True, raise_on_status=False)
+    adapter = HTTPAdapter(max_retries=retry)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
 
 
 def _journal_entries(controls: dict, selection: Any) -> list[dict]:

@@ -86,6 +86,33 @@ def test_mixed_success_and_failure(sandbox: RunningSandbox, bc: requests.Session
     assert stored(sandbox, "items", displayName="Bad Type") == []
 
 
+def test_a_failed_request_leaves_nothing_of_its_own(sandbox: RunningSandbox, bc: requests.Session,
+                                                     batch_url: str) -> None:
+    """The requests of a plain batch share one transaction, each in a savepoint: a create that fails at
+    its insert (an id already taken) gives its customer number back, so the next create takes it."""
+    cid = sandbox.companies[0]
+    url = f"{sandbox.bc_api}/companies({cid})/customers"
+    first = bc.post(url, json={"displayName": "Series A"}).json()
+    second = bc.post(url, json={"displayName": "Series B"}).json()
+    tag = uuid.uuid4().hex[:8]
+    responses = post_batch(bc, batch_url, [
+        {"id": "taken", "method": "POST", "url": f"companies({cid})/customers",
+         "headers": {"Content-Type": "application/json"}, "body": {"id": first["id"], "displayName": f"Dup {tag}"}},
+        {"id": "next", "method": "POST", "url": f"companies({cid})/customers",
+         "headers": {"Content-Type": "application/json"}, "body": {"displayName": f"Next {tag}"}},
+    ])
+    assert [r["status"] for r in responses] == [409, 201]
+
+    def digits(number: str) -> int:
+        return int("".join(ch for ch in number if ch.isdigit()))
+
+    step = digits(second["number"]) - digits(first["number"])
+    assert digits(responses[1]["body"]["number"]) == digits(second["number"]) + step
+    assert stored(sandbox, "customers", displayName=f"Dup {tag}") == []
+    assert [r["number"] for r in stored(sandbox, "customers", displayName=f"Next {tag}")] == [
+        responses[1]["body"]["number"]]
+
+
 @pytest.mark.parametrize("how", ["Company header (name)", "CompanyId header", "company on the batch URL (id)",
                                  "company on the batch URL (name)", "company in the inner URL"])
 def test_company_addressing(sandbox: RunningSandbox, bc: requests.Session, batch_url: str, how: str) -> None:

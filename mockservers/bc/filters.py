@@ -13,7 +13,8 @@ own limits come from
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
+from datetime import datetime
 
 from odata_query import ast
 
@@ -39,9 +40,13 @@ class BCFilters(FilterDialect):
 
     strings_as_enums = True
 
-    def __init__(self, schema: Schema, schema_version: str = "2.0", aliases: Mapping[str, str] | None = None) -> None:
-        super().__init__(schema, aliases)
+    def __init__(self, schema: Schema, schema_version: str = "2.0", aliases: Mapping[str, str] | None = None, *,
+                 now: Callable[[], datetime] | None = None) -> None:
+        super().__init__(schema, aliases, now=now)
         self.extended = schema_version == "2.1"
+
+    def settings(self) -> tuple[Hashable, ...]:
+        return (self.extended,)
 
     def before_binding(self, tree: ast._Node, entity: EntityType) -> ast._Node:
         """Lambda conditions are dropped before anything looks at them, as BC does."""

@@ -229,7 +229,8 @@ class BCService:
     def _options(self, req: Request, entity: EntityType) -> QueryOptions:
         opts = parse_options({k: v for k, v in req.args.items() if k in QUERY_OPTIONS})
         aliases = {k: v for k, v in req.args.items() if k.startswith("@")}
-        BCFilters(self.schema, req.args.get("$schemaversion", "2.0"), aliases).prepare_options(opts, entity)
+        BCFilters(self.schema, req.args.get("$schemaversion", "2.0"), aliases,
+                  now=self.backend.store.clock.now).prepare_options(opts, entity)
         return opts
 
     def entity_request(self, req: Request, route: Route, root_url: str, company: Company, rest: list[Segment],
@@ -495,6 +496,17 @@ class BCService:
                 responses.append(outcome)
             return failed
 
+        def run_each_apart() -> None:
+            """Each operation stands alone: a failed one leaves nothing behind, the others keep their writes
+            (one transaction for the batch, a savepoint for each operation, so the batch's writes become
+            visible to other clients together, when it ends)."""
+            for item in requests_:
+                with self.tx.apart() as undo:
+                    outcome = self._batch_item(req, route, item, company_arg)
+                    if outcome["status"] >= 400:
+                        undo()
+                responses.append(outcome)
+
         if atomic:
             try:
                 with self.tx.shared():
@@ -502,7 +514,10 @@ class BCService:
                         raise _RollBack()
             except _RollBack:
                 pass
-        else:
+        elif any(not isinstance(item, dict) or str(item.get("method", "")).upper() != "GET" for item in requests_):
+            with self.tx.shared():
+                run_each_apart()
+        else:  # reads only: no write transaction
             run_all()
         result = self._json(200, {"responses": responses})
         result.batch_operations = len(requests_)

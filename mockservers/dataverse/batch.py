@@ -328,12 +328,15 @@ def run_batch(
     continue_on_error: bool,
     execute: Callable[[InnerRequest], InnerResponse],
     changeset_scope: Callable[[], AbstractContextManager[None]],
+    request_scope: Callable[[], AbstractContextManager[Callable[[], None]]] | None = None,
     max_operations: int = MAX_OPERATIONS,
 ) -> BatchResult:
     """Execute parts in order; see the module docstring for the stop and rollback rules.
 
     Exceptions raised by ``execute`` propagate (inside a changeset the scope sees them first):
-    turning an application failure into an error response is the caller's job.
+    turning an application failure into an error response is the caller's job. ``request_scope``, if
+    given, surrounds each request outside a changeset and yields the function that undoes its writes,
+    called when the request fails.
     """
     total = count_operations(parts)
     if total > max_operations:
@@ -345,8 +348,13 @@ def run_batch(
     for part in parts:
         if isinstance(part, Changeset):
             outcome: PartOutcome = _run_changeset(part, execute, changeset_scope)
-        else:
+        elif request_scope is None:
             outcome = RequestOutcome(_execute_resolved(part, {}, execute), part.content_id)
+        else:
+            with request_scope() as undo:
+                outcome = RequestOutcome(_execute_resolved(part, {}, execute), part.content_id)
+                if outcome.response.status >= 400:
+                    undo()
         result.parts.append(outcome)
         if _outcome_failed(outcome) and not continue_on_error:
             result.status = _first_response(outcome).status

@@ -553,6 +553,56 @@ class DataverseBackend:
                key_values: dict[str, Any] | None = None) -> Row:
         self.check_message(entity, "Create")
         self.authorize(caller, "Create", entity)
+        values, deferred = self._new_row(conn, entity, body, caller, key_values)
+        (row,) = self._insert(conn, entity, [values])
+        self._created(conn, entity, row, deferred, caller)
+        return row
+
+    def create_many(self, conn: Connection, entity: EntityType, bodies: list[Any], *, caller: Caller) -> list[Row]:
+        """CreateMultiple: what ``create`` does for each body in turn, with the rows written a block at a time
+        (one statement for many rows). A body that could depend on rows of the same block (a bind to this
+        table, a nested record) first writes the block, then goes on its own, so it sees every row before
+        it as one-by-one creates would; an error is the one the first refused body would raise."""
+        self.check_message(entity, "Create")
+        self.authorize(caller, "Create", entity)
+        rows: list[Row] = []
+        pending: list[tuple[dict[str, Any], list[tuple[Navigation, Any]]]] = []
+
+        def write_block() -> None:
+            if pending:
+                for row, (_, deferred) in zip(self._insert(conn, entity, [v for v, _ in pending]), pending,
+                                              strict=True):
+                    self._created(conn, entity, row, deferred, caller)
+                    rows.append(row)
+                pending.clear()
+
+        for body in bodies:
+            if self._writes_alone(entity, body):
+                write_block()
+                rows.append(self.create(conn, entity, body, caller=caller))
+                continue
+            try:
+                pending.append(self._new_row(conn, entity, body, caller, None))
+            except Exception:
+                write_block()  # an earlier body's refusal comes first
+                raise
+        write_block()
+        return rows
+
+    def _writes_alone(self, entity: EntityType, body: Any) -> bool:
+        """A body whose create may read rows written just before it in the same request, or write others."""
+        if entity.name == "uomschedule" or not isinstance(body, dict):
+            return True
+        for name, value in body.items():
+            if isinstance(value, dict | list) and entity.navigation(name.split("@")[0]) is not None:
+                return True
+            if name.endswith("@odata.bind") and isinstance(value, str) and entity.set_name in value:
+                return True
+        return False
+
+    def _new_row(self, conn: Connection, entity: EntityType, body: Any, caller: Caller,
+                 key_values: dict[str, Any] | None) -> tuple[dict[str, Any], list[tuple[Navigation, Any]]]:
+        """A create's column values, server columns and defaults included, and its deferred collection work."""
         values, deferred = self.prepare(conn, entity, body, creating=True, caller=caller)
         for name, value in (key_values or {}).items():
             values.setdefault(name, value)
@@ -563,14 +613,18 @@ class DataverseBackend:
                 values[prop.name] = prop.default
         self._server_columns(conn, entity, values, caller, creating=True, existing=None)
         self._system_required(entity, values, creating=True)
+        return values, deferred
+
+    def _insert(self, conn: Connection, entity: EntityType, rows: list[dict[str, Any]]) -> list[Row]:
         try:
-            row = self.store.insert(conn, entity, values)
+            return self.store.insert_rows(conn, entity, rows)
         except engine.ODataError as error:
             raise exc.from_engine(error, entity) from error
+
+    def _created(self, conn: Connection, entity: EntityType, row: Row, deferred: list, caller: Caller) -> None:
         if entity.name == "uomschedule":
             self._create_base_unit(conn, row, caller)
         self._run_deferred(conn, entity, row, deferred, caller)
-        return row
 
     def _create_base_unit(self, conn: Connection, schedule: Row, caller: Caller) -> None:
         """A new unit group comes with its base unit, named after ``baseuomname``
@@ -625,28 +679,78 @@ class DataverseBackend:
         """
         row = self.find_by_key(conn, entity, key)
         if row is not None:
-            if if_none_match == "*":
-                raise DataverseError(412, exc.DUPLICATE_RECORD, "A record with matching key values already exists.")
-            version = None
-            if if_match and if_match != "*":
-                version = parse_etag(if_match)
-                if version is None:
-                    raise DataverseError(412, exc.CONCURRENCY_VERSION_MISMATCH,
-                                         "The version of the existing record doesn't match the RowVersion "
-                                         "property provided.")
-            if key.named and isinstance(body, dict):  # keys cannot change through themselves
-                body = {k: v for k, v in body.items() if k not in key.named}
-            return self.update(conn, entity, row[entity.key], body, caller=caller, if_version=version,
-                               existing=row), False
+            return self._update_found(conn, entity, key, body, row, caller=caller, if_match=if_match,
+                                      if_none_match=if_none_match), False
+        key_values = self._upsert_key_values(entity, key, if_match)
+        return self.create(conn, entity, body, caller=caller, key_values=key_values), True
+
+    def upsert_many(self, conn: Connection, entity: EntityType, targets: list[tuple[KeyPredicate, Any]], *,
+                    caller: Caller, if_match: str | None = None) -> list[tuple[Row, bool]]:
+        """UpsertMultiple and UpdateMultiple: ``upsert`` for each target in turn. The rows named by id are
+        read in one query; consecutive creates are written a block at a time, and the block is written
+        before anything else (an update, a repeated key, a body that may read it), so each target sees
+        every earlier one as one-by-one upserts would."""
+        ids = [self.guid(key.single) for key, _ in targets if not key.named and key.single is not None]
+        known = self.store.get_many(conn, entity, ids)
+        seen: set[str] = set()
+        results: dict[int, tuple[Row, bool]] = {}
+        pending: list[tuple[int, dict[str, Any], list[tuple[Navigation, Any]]]] = []
+
+        def write_block() -> None:
+            if pending:
+                inserted = self._insert(conn, entity, [values for _, values, _ in pending])
+                for (index, _, deferred), row in zip(pending, inserted, strict=True):
+                    self._created(conn, entity, row, deferred, caller)
+                    results[index] = (row, True)
+                pending.clear()
+
+        for index, (key, body) in enumerate(targets):
+            key_id = None if key.named or key.single is None else self.guid(key.single)
+            row = known.get(key_id) if key_id is not None else None
+            if row is not None and key_id not in seen:
+                write_block()
+                results[index] = (self._update_found(conn, entity, key, body, row, caller=caller, if_match=if_match,
+                                                     if_none_match=None), False)
+            elif key_id is None or key_id in seen or self._writes_alone(entity, body):
+                write_block()
+                results[index] = self.upsert(conn, entity, key, body, caller=caller, if_match=if_match)
+            else:
+                try:
+                    if not pending:
+                        self.check_message(entity, "Create")
+                        self.authorize(caller, "Create", entity)
+                    key_values = self._upsert_key_values(entity, key, if_match)
+                    pending.append((index, *self._new_row(conn, entity, body, caller, key_values)))
+                except Exception:
+                    write_block()  # an earlier target's refusal comes first
+                    raise
+            if key_id is not None:
+                seen.add(key_id)
+        write_block()
+        return [results[index] for index in range(len(targets))]
+
+    def _update_found(self, conn: Connection, entity: EntityType, key: KeyPredicate, body: Any, row: Row, *,
+                      caller: Caller, if_match: str | None, if_none_match: str | None) -> Row:
+        if if_none_match == "*":
+            raise DataverseError(412, exc.DUPLICATE_RECORD, "A record with matching key values already exists.")
+        version = None
+        if if_match and if_match != "*":
+            version = parse_etag(if_match)
+            if version is None:
+                raise DataverseError(412, exc.CONCURRENCY_VERSION_MISMATCH,
+                                     "The version of the existing record doesn't match the RowVersion "
+                                     "property provided.")
+        if key.named and isinstance(body, dict):  # keys cannot change through themselves
+            body = {k: v for k, v in body.items() if k not in key.named}
+        return self.update(conn, entity, row[entity.key], body, caller=caller, if_version=version, existing=row)
+
+    def _upsert_key_values(self, entity: EntityType, key: KeyPredicate, if_match: str | None) -> dict[str, Any]:
+        """The key columns of the record an upsert creates (``If-Match`` forbids the create)."""
         if if_match:
             raise exc.not_found(entity.name, _key_text(key))
-        key_values: dict[str, Any] = {}
         if key.named:
-            for name, value in key.named.items():
-                key_values[name] = self._key_value(entity, name, value)
-        else:
-            key_values[entity.key] = self.guid(key.single or "")
-        return self.create(conn, entity, body, caller=caller, key_values=key_values), True
+            return {name: self._key_value(entity, name, value) for name, value in key.named.items()}
+        return {entity.key: self.guid(key.single or "")}
 
     def delete(self, conn: Connection, entity: EntityType, key: str, *, if_version: int | None = None,
                caller: Caller | None = None) -> Row:
@@ -755,7 +859,7 @@ class DataverseBackend:
         """Rows the org owns, written column by column (their read-only columns included)."""
         for values in rows:
             self._server_columns(conn, entity, values, caller, creating=True, existing=None)
-        self.store.insert_many(conn, entity, rows)
+        self.store.insert_rows(conn, entity, rows)
 
     def _existing_keys(self, conn: Connection, entity: EntityType) -> set[str]:
         table = self.store.table(entity)

@@ -71,8 +71,7 @@ class DataverseFilters(FilterDialect):
 
     def __init__(self, schema: Schema, aliases: Mapping[str, str] | None = None, *, now: Callable[[], datetime],
                  user_id: str | None, business_unit_id: str | None) -> None:
-        super().__init__(schema, aliases)
-        self.now = now
+        super().__init__(schema, aliases, now=now)
         self.user_id = user_id
         self.business_unit_id = business_unit_id
 
@@ -135,6 +134,7 @@ class DataverseFilters(FilterDialect):
                 return Junction(ast.And(), (ast.Compare(ast.GtE(), column, lo), ast.Compare(ast.LtE(), column, hi)))
             return Junction(ast.Or(), (ast.Compare(ast.Lt(), column, lo), ast.Compare(ast.Gt(), column, hi)))
         if fn in _IDS:
+            self.varies()  # the caller's ids: not cached
             value = self.user_id if "User" in fn else self.business_unit_id
             comparator = ast.NotEq() if fn.startswith("Not") else ast.Eq()
             return ast.Compare(comparator, column, ast.GUID(value) if value else ast.Null())
@@ -186,6 +186,9 @@ class DataverseFilters(FilterDialect):
     def _date_function(self, fn: str, prop: Property, column: ast._Node, value: ast._Node | None) -> ast._Node:
         if prop.type not in (Edm.DateTimeOffset, Edm.Date):
             raise QuerySyntaxError(f"The query function {fn} requires a date and time column.")
+        if fn not in _DAY_VALUE:
+            self.varies()  # ranges from the clock's today: not cached
+        assert self.now is not None
         now = self.now().replace(tzinfo=None)
         today = now.replace(hour=0, minute=0, second=0, microsecond=0)
         day = timedelta(days=1)

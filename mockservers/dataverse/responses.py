@@ -6,6 +6,7 @@ it never touches Flask, so the same code serves HTTP, batches and in-process use
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ from ..odata.protocol import Result, parse_max_page_size, parse_prefer
 from ..odata.query import QueryOptions, parse_options
 from ..odata.schema import EntityType
 from ..odata.storage import Row
-from ..odata.urlpath import Segment, parse_key, split_path
+from ..odata.urlpath import KeyPredicate, Segment, parse_key, split_path
 from ..odata.values import to_json
 from . import batch as batch_protocol
 from . import exceptions as exc
@@ -91,7 +92,7 @@ class DataverseService:
         return self.tx.connection(write)
 
     def changeset(self):
-        return self.tx.shared()
+        return self.tx.unit()
 
     # -- entry point -------------------------------------------------------------------------
     def handle(self, req: Request) -> Result:
@@ -569,37 +570,37 @@ class DataverseService:
             odata_type = target.get("@odata.type")
             if not isinstance(odata_type, str) or odata_type.lstrip("#") != expected:
                 raise exc.bad_request(f"Each item in 'Targets' must have \"@odata.type\": \"{expected}\".")
-        ids: list[str] = []
-        results: list[dict[str, Any]] = []
-        with self.connection(True) as conn:
-            for target in targets:
-                if action == "CreateMultiple":
-                    ids.append(self.backend.create(conn, entity, target, caller=req.caller)[entity.key])
-                    continue
-                odata_id = target.get("@odata.id")
-                if odata_id is not None and not isinstance(odata_id, str):
-                    raise exc.bad_request("The @odata.id of an item in 'Targets' must be a URI string.")
-                if odata_id:
-                    segs = split_path(odata_id.split("/api/data/v9.2/")[-1].lstrip("/"))
-                    if len(segs) != 1 or segs[0].name != entity.set_name or segs[0].key is None:
-                        raise exc.bad_request(f"Invalid @odata.id '{odata_id}' in Targets.")
-                    key = parse_key(segs[0].key)
-                elif target.get(entity.key):
-                    key = parse_key(str(target[entity.key]))
-                else:
-                    raise exc.bad_request(f"Each item in 'Targets' must identify the record ({entity.key} or @odata.id).")
-                clean = {k: v for k, v in target.items() if k not in ("@odata.id",)}
-                # UpdateMultiple never creates: an If-Match of "*" on each target says exactly that.
-                row, created = self.backend.upsert(conn, entity, key, clean, caller=req.caller,
-                                                   if_match="*" if action == "UpdateMultiple" else None)
-                results.append({"RecordCreated": created, "RecordId": row[entity.key]})
         if action == "CreateMultiple":
+            with self.connection(True) as conn:
+                rows = self.backend.create_many(conn, entity, targets, caller=req.caller)
             return Result.json(200, {"@odata.context": self.context("Microsoft.Dynamics.CRM.CreateMultipleResponse"),
-                                     "Ids": ids})
+                                     "Ids": [row[entity.key] for row in rows]})
+        keyed = [(self._target_key(entity, target), {k: v for k, v in target.items() if k != "@odata.id"})
+                 for target in targets]
+        with self.connection(True) as conn:
+            # UpdateMultiple never creates: an If-Match of "*" on each target says exactly that.
+            upserted = self.backend.upsert_many(conn, entity, keyed, caller=req.caller,
+                                                if_match="*" if action == "UpdateMultiple" else None)
         if action == "UpsertMultiple":
             return Result.json(200, {"@odata.context": self.context("Microsoft.Dynamics.CRM.UpsertMultipleResponse"),
-                                     "Results": results})
+                                     "Results": [{"RecordCreated": created, "RecordId": row[entity.key]}
+                                                 for row, created in upserted]})
         return Result(204)
+
+    @staticmethod
+    def _target_key(entity: EntityType, target: dict[str, Any]) -> KeyPredicate:
+        """The record an UpsertMultiple/UpdateMultiple target names: its ``@odata.id`` or its id column."""
+        odata_id = target.get("@odata.id")
+        if odata_id is not None and not isinstance(odata_id, str):
+            raise exc.bad_request("The @odata.id of an item in 'Targets' must be a URI string.")
+        if odata_id:
+            segs = split_path(odata_id.split("/api/data/v9.2/")[-1].lstrip("/"))
+            if len(segs) != 1 or segs[0].name != entity.set_name or segs[0].key is None:
+                raise exc.bad_request(f"Invalid @odata.id '{odata_id}' in Targets.")
+            return parse_key(segs[0].key)
+        if target.get(entity.key):
+            return parse_key(str(target[entity.key]))
+        raise exc.bad_request(f"Each item in 'Targets' must identify the record ({entity.key} or @odata.id).")
 
     # -- $batch ------------------------------------------------------------------------------
     def batch(self, req: Request) -> Result:
@@ -636,11 +637,16 @@ class DataverseService:
                 result.headers.append(("Location", dict(result.headers)["OData-EntityId"]))
             return batch_protocol.InnerResponse(result.status, [("OData-Version", "4.0"), *result.headers], result.body)
 
+        writes = any(inner.method.upper() != "GET" for part in parts
+                     for inner in (part.requests if isinstance(part, batch_protocol.Changeset) else [part]))
         try:
-            outcome = batch_protocol.run_batch(
-                parts, continue_on_error="odata.continue-on-error" in prefs, execute=execute,
-                changeset_scope=self.changeset,
-            )
+            # With writes, one transaction for the batch and a savepoint for each request: a failed
+            # request leaves nothing behind, the others keep their writes (visible when the batch ends).
+            with self.tx.shared() if writes else contextlib.nullcontext():
+                outcome = batch_protocol.run_batch(
+                    parts, continue_on_error="odata.continue-on-error" in prefs, execute=execute,
+                    changeset_scope=self.changeset, request_scope=self.tx.apart if writes else None,
+                )
         except batch_protocol.BatchFormatError as error:
             raise DataverseError(error.status, error.code, error.message) from error
         status, content_type, body = batch_protocol.render_batch_response(outcome)

@@ -5,7 +5,9 @@
 2. a ``FilterDialect`` (``filter_binding``; each service subclasses it) resolves parameter aliases,
    expands its own functions into ordinary tree nodes, binds every operand to its EDM type with
    Microsoft.OData.Core's promotion rules and applies the service's rules — the result is a
-   ``FilterExpression``;
+   ``FilterExpression``, kept for the next request with the same text, entity, service, dialect
+   options and parameter aliases unless it read the clock or the caller (trees of recent texts are
+   kept too: parsing is pure);
 3. ``compile_filter`` turns that tree into a SQLAlchemy clause through a property whitelist (only
    declared, non-hidden properties and navigations resolve, never arbitrary attributes of the mapped
    class), with GUIDs compared lower-case, datetimes as naive UTC (the offset is applied, not

@@ -17,10 +17,12 @@ and binder are Microsoft.OData.Core's (https://learn.microsoft.com/odata/odatali
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
 
 from dateutil.parser import isoparse
@@ -29,6 +31,7 @@ from odata_query import ast
 from .csdl import enum_spellings, qualified
 from .errors import QuerySyntaxError, UnknownProperty, UnsupportedQuery
 from .filter_syntax import (
+    CACHED_TEXT_LENGTH,
     Alias,
     JsonArray,
     Junction,
@@ -429,6 +432,9 @@ class Binder:
                     can_convert(kind, t, _const(arg)) for (arg, kind), (t, _) in zip(bound, signature.args, strict=True)):
                 if name not in SQL_FUNCTIONS:
                     raise UnsupportedQuery(f"The function '{name}' is not supported in $filter by the sandbox.")
+                if name == "now" and self.dialect.now is not None:  # the service's clock, not the database's
+                    self.dialect.varies()
+                    return ast.DateTime(_instant(self.dialect.now())), _p(DATETIMEOFFSET)
                 returns = signature.returns or signature.args[0][0]
                 return ast.Call(node.func, [arg for arg, _ in bound]), _p(returns)
         described = "; ".join(s.describe(name) for s in signatures)
@@ -486,6 +492,14 @@ def _is_guid(text: str) -> bool:
     return True
 
 
+def _instant(value: datetime) -> str:
+    """A point in time as an Edm.DateTimeOffset literal in UTC (a naive value is UTC already), at the
+    millisecond precision rows are stamped with: a row written at this instant is not before it."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
+
+
 def _converted(node: ast._Node, kind: EdmType | None, target: str) -> ast._Node:
     """ODL's ConvertNode for the one conversion SQL needs spelled out: a date literal as a point in time."""
     if kind is not None and kind.name == DATE and target == DATETIMEOFFSET and isinstance(node, ast.Date):
@@ -503,27 +517,87 @@ class FilterExpression:
     tree: ast._Node
 
 
+class _Prepared:
+    """A bounded, thread-safe LRU of prepared expressions."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, FilterExpression] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> FilterExpression | None:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+            return found
+
+    def put(self, key: Hashable, expression: FilterExpression) -> None:
+        with self._lock:
+            self._items[key] = expression
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+PREPARED = _Prepared(1024)
+
+
 class FilterDialect:
     """Standard OData v4 `$filter` as Microsoft.OData.Core binds it; each service subclasses it.
 
     Hooks, in pipeline order: ``resolve_aliases`` (parameter aliases, as ODL: an alias without a
     value is null), ``before_binding`` (service rewrites on the raw tree), binding with
     ``bind_function`` for names that are not built-in, ``after_binding`` (service rules).
+
+    ``now`` is the service's clock: ``now()`` is that instant (without it, the database's time).
+
+    Prepared expressions are cached (``PREPARED``), keyed by everything that decides the result: the
+    schema, the dialect's class and ``settings()``, the entity, the text and the parameter aliases.
+    What else a dialect reads while preparing (the clock, the caller) must call ``varies()``: such
+    an expression is prepared anew for every request. Errors are never cached.
     """
 
     strings_as_enums = False  # a string literal may stand for an enum member (ODL's StringAsEnumResolver)
 
-    def __init__(self, schema: Schema, aliases: Mapping[str, str] | None = None) -> None:
+    def __init__(self, schema: Schema, aliases: Mapping[str, str] | None = None, *,
+                 now: Callable[[], datetime] | None = None) -> None:
         self.schema = schema
         self.aliases = dict(aliases or {})
+        self.now = now
+        self._varies = False
 
     def prepare(self, text: str, entity: EntityType) -> FilterExpression:
+        key = self._cache_key(text, entity)
+        if key is not None and (cached := PREPARED.get(key)) is not None:
+            return cached
+        self._varies = False
         tree = parse_filter(text)
         tree = self.resolve_aliases(tree)
         tree = self.before_binding(tree, entity)
         tree = Binder(self, entity).bind_filter(tree)
         self.after_binding(tree, entity)
-        return FilterExpression(text, entity.name, tree)
+        expression = FilterExpression(text, entity.name, tree)
+        if key is not None and not self._varies:
+            PREPARED.put(key, expression)
+        return expression
+
+    def _cache_key(self, text: str, entity: EntityType) -> Hashable | None:
+        if len(text) > CACHED_TEXT_LENGTH:
+            return None
+        return (self.schema, type(self), self.settings(), entity.name, text, tuple(sorted(self.aliases.items())))
+
+    def settings(self) -> tuple[Hashable, ...]:
+        """This dialect's options that decide how a text binds (besides the aliases); none here."""
+        return ()
+
+    def varies(self) -> None:
+        """The expression being prepared depends on the request itself (the clock, the caller)."""
+        self._varies = True
 
     def prepare_options(self, opts: Any, entity: EntityType) -> None:
         """Replace the `$filter` text of ``opts`` and of its `$expand` levels by prepared expressions."""

@@ -22,6 +22,7 @@ Limits (every violation is a ``QuerySyntaxError``/``UnsupportedQuery``, never a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 from collections.abc import Iterator
@@ -329,10 +330,27 @@ def parse_expression(text: str) -> ast._Node:
 
 
 def parse_filter(text: str) -> ast._Node:
-    """Parse `$filter` text; the tree may contain ``Alias`` and ``JsonArray`` nodes for a dialect."""
+    """Parse `$filter` text; the tree may contain ``Alias`` and ``JsonArray`` nodes for a dialect.
+
+    Parsing is a pure function of the text and trees are never changed in place (every rewrite
+    builds new nodes), so the trees of recent texts are kept and shared; a text that does not parse
+    is parsed (and refused) again every time."""
+    if len(text) > CACHED_TEXT_LENGTH:  # long texts (key lists) are seldom repeated: not worth the memory
+        return _parse_filter(text)
+    return _parse_cached(text)
+
+
+CACHED_TEXT_LENGTH = 2048  # longest `$filter` text whose tree is cached
+CACHED_TREES = 512
+
+
+def _parse_filter(text: str) -> ast._Node:
     tree = parse_expression(text)
     check_limits(tree)
     return tree
+
+
+_parse_cached = functools.lru_cache(maxsize=CACHED_TREES)(_parse_filter)
 
 
 # -- tree helpers ----------------------------------------------------------------------------------

@@ -183,6 +183,7 @@ class QueryRunner:
     def __init__(self, schema: Schema, store: Store) -> None:
         self.schema = schema
         self.store = store
+        self._bases: dict[str, Any] = {}  # entity name -> SELECT of every column (statements are immutable)
 
     def type_name(self, entity: EntityType) -> str:
         return f"{self.schema.namespace}.{entity.name}"
@@ -206,9 +207,10 @@ class QueryRunner:
             self.check_expand(target, item.options.expand)
 
     def base_select(self, entity: EntityType, opts: QueryOptions, conditions: list[Any]) -> Any:
-        table = self.store.table(entity)
-        model = self.store.model(entity)
-        stmt = sa.select(*table.c).select_from(model)
+        stmt = self._bases.get(entity.name)
+        if stmt is None:  # selecting dozens of columns costs more to build than to run
+            stmt = self._bases[entity.name] = sa.select(*self.store.table(entity).c).select_from(
+                self.store.model(entity))
         for cond in conditions:
             stmt = stmt.where(cond)
         if opts.filter:

@@ -58,9 +58,10 @@ class Property:
     """A structural property (a column).
 
     ``kind`` is the service's own attribute type name (Dataverse AttributeType such as ``Money``,
-    ``Picklist``, ``Lookup``; BC uses ``Code`` for upper-cased code fields); the engine only reads
-    ``type``. ``hidden`` columns exist in storage but are never serialized or queryable (company
-    stamps, polymorphic lookup discriminators).
+    ``Picklist``, ``Lookup``; BC uses ``Code`` for upper-cased code fields); the engine reads ``type``,
+    and ``kind`` only for BC enums (``Enum``: string literals name members) and the state (``State``:
+    indexed for `$filter`, see ``indexes``). ``hidden`` columns exist in storage but are never
+    serialized or queryable (company stamps, polymorphic lookup discriminators).
     """
 
     name: str

@@ -14,7 +14,7 @@ so nothing handed out before a reset is ever valid again.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,14 +28,17 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import BinaryExpression
 
 from ..clock import Clock
-from . import database
+from . import database, indexes
 from .database import WRITE, WRITER_LOCK, SessionProvider
 from .errors import AlreadyExists, KeyViolation, NotFound, VersionMismatch
-from .schema import Edm, EntityType, Schema
+from .schema import AlternateKey, Edm, EntityType, Schema
 
 Row = dict[str, Any]
 FIRST_VERSION = 1001
 _TOUCHED = "sandbox_touched_entities"  # connection info: the entities this transaction wrote
+_VERSIONS = "sandbox_version_block"  # connection info: [next, last, size] of the versions this transaction holds
+_MAX_VERSION_BLOCK = 1024
+_IN_CHUNK = 500  # values per IN list (SQLite's limit on bound parameters is far above)
 
 
 def _as_citext(value: Any) -> Any:
@@ -79,6 +82,22 @@ def _text_type(max_length: int | None, dialect: str) -> sa.types.TypeEngine:
     if dialect == "postgresql":
         return CaseInsensitiveText()
     return sa.String(max_length, collation="NOCASE")
+
+
+def _transaction_over(conn: Connection) -> set[str] | None:
+    """Forget what the connection held for the transaction that ends; returns the entities it wrote."""
+    conn.info.pop(_VERSIONS, None)
+    return conn.info.pop(_TOUCHED, None)
+
+
+def _folded(column: sa.Column, value: Any) -> Any:
+    """A value as a unique index compares it: text case-insensitively (see ``_text_type``)."""
+    return value.lower() if isinstance(value, str) and isinstance(column.type, sa.String) and not isinstance(
+        column.type, sa.Enum) else value
+
+
+def _fold_all(table: sa.Table, names: Iterable[str], values: tuple) -> tuple:
+    return tuple(_folded(table.c[name], value) for name, value in zip(names, values, strict=True))
 
 
 def _column_type(prop_type: Edm, max_length: int | None, dialect: str) -> sa.types.TypeEngine:
@@ -159,7 +178,7 @@ class Store:
                         with conn.begin():
                             yield conn
                     finally:
-                        self._ended(conn.info.pop(_TOUCHED, None))
+                        self._ended(_transaction_over(conn))
                 return
             if session.in_transaction():  # nested in this request's open transaction: join it
                 yield session.connection()
@@ -168,13 +187,13 @@ class Store:
             try:
                 yield conn
             except BaseException:
-                touched = conn.info.pop(_TOUCHED, None)
+                touched = _transaction_over(conn)
                 try:
                     session.rollback()
                 finally:
                     self._ended(touched)
                 raise
-            touched = conn.info.pop(_TOUCHED, None)
+            touched = _transaction_over(conn)
             try:
                 session.commit()
             finally:
@@ -207,12 +226,25 @@ class Store:
             yield conn
 
     @contextmanager
+    def savepoint(self, conn: Connection) -> Iterator[None]:
+        """Writes inside a write transaction that roll back on their own when the block raises."""
+        nested = conn.begin_nested()
+        try:
+            yield
+        except BaseException:
+            nested.rollback()
+            conn.info.pop(_VERSIONS, None)  # a block of versions drawn inside is given back
+            raise
+        nested.commit()
+
+    @contextmanager
     def read(self) -> Iterator[Connection]:
         with self._transaction(False) as conn:
             yield conn
 
     # -- schema -> tables ---------------------------------------------------------------------
     def _build(self) -> None:
+
         for entity in self.schema:
             columns = []
             for prop in entity.properties:
@@ -227,21 +259,7 @@ class Store:
                 )
                 columns.append(col)
             table = sa.Table(entity.table_name, self.metadata, *columns)
-            if entity.scope_property:
-                sa.Index(f"ix_{entity.table_name}_scope", table.c[entity.scope_property])
-            scope_cols = [table.c[entity.scope_property]] if entity.scope_property else []
-            for key in entity.alternate_keys:
-                sa.Index(
-                    f"ux_{entity.table_name}_{key.name}",
-                    *scope_cols,
-                    *[table.c[p] for p in key.properties],
-                    unique=True,
-                )
-            for prop in entity.properties:
-                if prop.lookup or prop.name == entity.modified_on:
-                    sa.Index(f"ix_{entity.table_name}_{prop.name}", *scope_cols, table.c[prop.name])
-            if entity.version_property:
-                sa.Index(f"ix_{entity.table_name}_{entity.version_property}", table.c[entity.version_property])
+            indexes.declare(entity, table)
             self.tables[entity.name] = table
 
         # Row versions: a sequence where the database has them, else a counter row. ``floor`` is the
@@ -261,6 +279,8 @@ class Store:
             sa.Column("deleted_on", sa.DateTime, nullable=False),
             sa.Index("ix_tombstone_entity_version", "entity", "version"),
         )
+
+        indexes.install(self.metadata)
 
         for entity in self.schema:
             self.models[entity.name] = type(entity.name, (), {"__entity__": entity})
@@ -326,7 +346,22 @@ class Store:
 
     def next_versions(self, conn: Connection, count: int) -> int:
         """Draw ``count`` consecutive row versions; returns the first. Consecutive because the write
-        transaction is the only writer (``database.prepare_engine``)."""
+        transaction is the only writer (``database.prepare_engine``).
+
+        A transaction that writes again and again takes its versions from blocks that double in size,
+        so most writes draw without a statement; the versions a block leaves unused are never handed
+        out (versions only need to grow)."""
+        block = conn.info.get(_VERSIONS)
+        if block is not None and block[1] - block[0] + 1 >= count:
+            first = block[0]
+            block[0] += count
+            return first
+        size = count if block is None else max(count, min(2 * block[2], _MAX_VERSION_BLOCK))
+        first = self._reserve_versions(conn, size)
+        conn.info[_VERSIONS] = [first + count, first + size - 1, size]
+        return first
+
+    def _reserve_versions(self, conn: Connection, count: int) -> int:
         if self.is_postgresql:
             first = int(conn.execute(sa.select(self._row_version.next_value())).scalar_one())
             if count > 1:
@@ -366,6 +401,28 @@ class Store:
         params = {"_key": key} if scope is None or not entity.scope_property else {"_key": key, "_scope": scope}
         row = conn.execute(stmt, params).mappings().first()
         return dict(row) if row is not None else None
+
+    def get_many(self, conn: Connection, entity: EntityType, keys: Iterable[str], scope: str | None = None) -> dict[str, Row]:
+        """The stored rows among ``keys``, by key (one query per few hundred keys)."""
+        wanted = sorted(set(keys))
+        scoped = bool(entity.scope_property and scope is not None)
+
+        def build() -> Any:
+            table = self.table(entity)
+            stmt = sa.select(table).where(table.c[entity.key].in_(sa.bindparam("_keys", expanding=True)))
+            if scoped:
+                assert entity.scope_property is not None
+                stmt = stmt.where(table.c[entity.scope_property] == sa.bindparam("_scope"))
+            return stmt
+
+        stmt = self._statement(("get_many", entity.name, scoped), build)
+        found: dict[str, Row] = {}
+        for start in range(0, len(wanted), _IN_CHUNK):
+            params: dict[str, Any] = {"_keys": wanted[start:start + _IN_CHUNK]}
+            if scoped:
+                params["_scope"] = scope
+            found.update((row[entity.key], dict(row)) for row in conn.execute(stmt, params).mappings())
+        return found
 
     def _get_statement(self, entity: EntityType, scope: str | None) -> Any:
         table = self.table(entity)
@@ -428,12 +485,12 @@ class Store:
 
     def _check_alternate_keys(
         self, conn: Connection, entity: EntityType, row: Row, exclude_key: str | None, scope: str | None,
-        changed: Iterable[str] | None = None,
+        changed: Iterable[str] | None = None, keys: Iterable[AlternateKey] | None = None,
     ) -> None:
-        """No other row may hold the same values of an alternate key; with ``changed`` (an update),
-        only the keys whose columns it changes are checked (the others held before)."""
+        """No other row may hold the same values of an alternate key (of ``keys``, by default all); with
+        ``changed`` (an update), only the keys whose columns it changes are checked (the others held before)."""
         touched = set(changed) if changed is not None else None
-        for key in entity.alternate_keys:
+        for key in entity.alternate_keys if keys is None else keys:
             if touched is not None and touched.isdisjoint(key.properties):
                 continue
             probe = {p: row.get(p) for p in key.properties}
@@ -444,42 +501,106 @@ class Store:
                 raise KeyViolation(entity.name, key.name, key.properties)
 
     def insert(self, conn: Connection, entity: EntityType, values: dict[str, Any], scope: str | None = None) -> Row:
-        table = self.table(entity)
-        values = dict(values)
-        if entity.scope_property and scope is not None:
-            values[entity.scope_property] = scope
-        if self.get(conn, entity, values[entity.key], scope) is not None:
-            raise AlreadyExists("A record with matching key values already exists.")
-        self._check_alternate_keys(conn, entity, values, None, scope)
-        self._stamp(entity, values, conn, creating=True)
-        try:
-            columns = tuple(sorted(values))
-            stmt = self._statement(("insert", entity.name, columns), lambda: table.insert().values(
-                {name: sa.bindparam(f"_v_{name}") for name in columns}).returning(*table.c))
-            row = conn.execute(stmt, {f"_v_{name}": value for name, value in values.items()}).mappings().one()
-        except IntegrityError as exc:  # a concurrent writer on a server database
-            raise AlreadyExists("A record with matching key values already exists.") from exc
-        return dict(row)
+        return self.insert_rows(conn, entity, [values], scope)[0]
 
-    def insert_many(self, conn: Connection, entity: EntityType, rows: list[dict[str, Any]]) -> None:
-        """Insert new rows (all with the same columns) in one statement, their versions taken as one block:
-        for a service's own rows written at start, where per-row checks would only cost time."""
+    def insert_rows(self, conn: Connection, entity: EntityType, rows: Sequence[dict[str, Any]],
+                    scope: str | None = None) -> list[Row]:
+        """Insert new rows with the checks of inserting them one by one, in a few statements: one query
+        for the keys already taken, one per single-column alternate key, one block of versions and one
+        multi-row INSERT. The first row (in order) that one-by-one inserts would refuse decides the
+        error."""
         if not rows:
-            return
+            return []
+        table = self.table(entity)
+        stamped = [dict(values) for values in rows]
+        scope_name = entity.scope_property
+        if scope_name and scope is not None:
+            for values in stamped:
+                values[scope_name] = scope
+        self._check_new_rows(conn, entity, stamped)
         self._touch(conn, entity.name)
-        first = self.next_versions(conn, len(rows))
+        first = self.next_versions(conn, len(stamped))
         now = self.clock.utcnow()
-        stamped = []
-        for offset, values in enumerate(rows):
-            values = dict(values)
+        for offset, values in enumerate(stamped):
             if entity.version_property:
                 values[entity.version_property] = first + offset
             if entity.modified_on:
                 values[entity.modified_on] = now
             if entity.created_on:
                 values[entity.created_on] = now
-            stamped.append(values)
-        conn.execute(self.table(entity).insert(), stamped)
+        columns = sorted({name for values in stamped for name in values})
+        params = [{f"_v_{name}": values.get(name) for name in columns} for values in stamped]
+        stmt = self._statement(("insert", entity.name, tuple(columns)), lambda: table.insert().values(
+            {name: sa.bindparam(f"_v_{name}") for name in columns}).returning(*table.c))
+        try:
+            result = conn.execute(stmt, params[0] if len(params) == 1 else params).mappings().all()
+        except IntegrityError as exc:  # a concurrent writer on a server database
+            raise AlreadyExists("A record with matching key values already exists.") from exc
+        if len(result) == 1:
+            return [dict(result[0])]
+        # A multi-row RETURNING need not follow the parameters' order: put the rows back in it.
+        identity = (scope_name, entity.key) if scope_name else (entity.key,)
+        by_identity = {tuple(row[name] for name in identity): dict(row) for row in result}
+        return [by_identity[tuple(values[name] for name in identity)] for values in stamped]
+
+    def _check_new_rows(self, conn: Connection, entity: EntityType, rows: list[dict[str, Any]]) -> None:
+        """Refuse the first row whose primary key or a unique alternate key is taken, by a stored row
+        or by an earlier row of the same insert."""
+        table = self.table(entity)
+        scope_name = entity.scope_property
+        taken_keys = self._taken(conn, entity, entity.key, rows)
+        # Single-column keys: what stored rows hold, read at once; others are probed row by row.
+        stored = {key.name: self._taken(conn, entity, key.properties[0], rows)
+                  for key in entity.alternate_keys if len(key.properties) == 1}
+        taken = {key.name: stored.get(key.name, set()) for key in entity.alternate_keys}
+        for values in rows:
+            primary = self._probe(table, (entity.key,), values, scope_name)
+            if primary in taken_keys:
+                raise AlreadyExists("A record with matching key values already exists.")
+            taken_keys.add(primary)
+            for key in entity.alternate_keys:
+                if any(values.get(p) is None for p in key.properties):
+                    continue  # NULLs never collide (as on SQL Server filtered unique indexes)
+                probe = self._probe(table, key.properties, values, scope_name)
+                if probe in taken[key.name]:
+                    raise KeyViolation(entity.name, key.name, key.properties)
+                if key.name not in stored:
+                    self._check_alternate_keys(conn, entity, values, None,
+                                               values.get(scope_name) if scope_name else None, keys=[key])
+                taken[key.name].add(probe)
+
+    @staticmethod
+    def _probe(table: sa.Table, columns: tuple[str, ...], values: dict[str, Any], scope_name: str | None) -> tuple:
+        """A row's values of ``columns`` (after its scope) as the database compares them."""
+        names = (scope_name, *columns) if scope_name else columns
+        return _fold_all(table, names, tuple(values.get(name) for name in names))
+
+    def _taken(self, conn: Connection, entity: EntityType, column: str, rows: list[dict[str, Any]]) -> set[tuple]:
+        """The probes of ``column`` (a key) that stored rows already hold, among the rows' values (looked up
+        within each scope the rows name, so a scoped index serves the query)."""
+        table = self.table(entity)
+        scope_name = entity.scope_property
+        by_scope: dict[Any, set[Any]] = {}
+        for values in rows:
+            if values.get(column) is not None:
+                by_scope.setdefault(values.get(scope_name) if scope_name else None, set()).add(values[column])
+
+        def build() -> Any:
+            stmt = sa.select(table.c[column]).where(table.c[column].in_(sa.bindparam("_values", expanding=True)))
+            if scope_name:
+                stmt = stmt.where(table.c[scope_name] == sa.bindparam("_scope"))
+            return stmt
+
+        stmt = self._statement(("taken", entity.name, column), build)
+        found: set[tuple] = set()
+        names = (scope_name, column) if scope_name else (column,)
+        for scope, scope_values in by_scope.items():
+            wanted = sorted(scope_values, key=str)
+            prefix = (scope,) if scope_name else ()
+            for start in range(0, len(wanted), _IN_CHUNK):
+                params = {"_values": wanted[start:start + _IN_CHUNK], "_scope": scope}
+                found.update(_fold_all(table, names, (*prefix, value)) for (value,) in conn.execute(stmt, params))
+        return found
 
     def update(
         self,

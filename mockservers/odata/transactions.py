@@ -60,9 +60,43 @@ class Transactions:
         for callback in callbacks:  # only reached when the transaction committed
             callback()
 
+    @contextmanager
+    def apart(self) -> Iterator[Callable[[], None]]:
+        """Inside ``shared``: work whose writes and after-commit work can be undone on their own (a batch
+        operation that fails alone). Yields the function that undoes them when the block ends."""
+        conn, pending = self._shared.get(), self._pending.get()
+        assert conn is not None and pending is not None, "apart() runs inside shared()"
+        mark = len(pending)
+        undone: list[bool] = []
+        try:
+            with self.store.savepoint(conn):
+                yield lambda: undone.append(True)
+                if undone:
+                    raise _Undone()
+        except _Undone:
+            del pending[mark:]
+        except BaseException:
+            del pending[mark:]
+            raise
+
+    @contextmanager
+    def unit(self) -> Iterator[None]:
+        """Writes that commit or roll back as a whole (a changeset): a transaction of their own, or a
+        savepoint when a shared transaction is open."""
+        if self._shared.get() is None:
+            with self.shared():
+                yield
+        else:
+            with self.apart():
+                yield
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         pending = self._pending.get()
         if pending is None:
             callback()
         else:
             pending.append(callback)
+
+
+class _Undone(Exception):
+    """Rolls an ``apart`` block back."""

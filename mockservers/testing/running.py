@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import requests
 
+from .. import generate as generator
 from ..server import Sandbox, SandboxConfig
 from .control import ControlClient
 from .inprocess import SandboxRouter
@@ -152,6 +153,16 @@ class RunningSandbox:
         s.verify = self.verify
         s.headers.update({"Authorization": f"Bearer {token or self.bc_token()}", "Accept": "application/json"})
         return s
+
+    def generate(self, scale: generator.Scale | None = None, *, company: str | None = None, progress: bool = False,
+                 **kwargs: Any) -> generator.LoadReport:
+        """Load synthetic data (``mockservers.generate``) through the bulk paths: ``generate(customers=500,
+        accounts=400, overlap=0.6)`` or ``generate(Scale(...))``; into ``company`` (the first by default)."""
+        if scale is not None and kwargs:
+            raise TypeError("pass a Scale or its fields as keywords, not both")
+        dataset = generator.generate(scale if scale is not None else generator.Scale(**kwargs))
+        return generator.load(dataset, dataverse=self.session(), dataverse_api=self.api, bc=self.bc_session(),
+                              bc_api=self.bc_api, company_id=company or self.companies[0], progress=progress)
 
     # -- the control API --------------------------------------------------------------------------
     @functools.cached_property
