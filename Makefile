@@ -24,5 +24,9 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2 $(ARGS)
 
+# The performance figures (P1-P7, README "Benchmarks"): the quick size; ARGS="--size 100000" for the full one.
+bench: $(STAMP)
+	$(BIN)/python bench/compass.py $(ARGS)
+
 clean:
 	rm -rf $(VENV) .sandbox .pytest_cache .ruff_cache .hypothesis

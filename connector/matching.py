@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from .coupling import create_in_dataverse
 from .jobs import JobLog, Outcome, RecordRef
@@ -113,8 +113,13 @@ def match_couple(cx: Connector, mapping: TableMapping, records: Iterable[dict[st
             Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_table == mapping.dataverse_table)))
     job = JobLog(cx.state, mapping.name, JobType.COUPLING, mapping.direction, persist=not dry_run)
     entity = bc_entity(mapping.bc_entity)
-    pairs: list[tuple[dict[str, Any], str]] = []
+    # Held in memory for the whole table: ids, and whole records only where a later step needs them
+    # (the unmatched ones to create, the pairs to synchronize to Dataverse).
+    keep_pairs = bool(sync_after) and Direction.TO_INTEGRATION in _sync_directions(mapping)
+    pairs: list[tuple[str, str]] = []
+    pair_records: list[dict[str, Any]] = []
     unmatched: list[dict[str, Any]] = []
+    unmatched_count = 0
     for record in records:
         bc_id = str(record["id"]).lower()
         if bc_id in coupled_records:
@@ -123,23 +128,27 @@ def match_couple(cx: Connector, mapping: TableMapping, records: Iterable[dict[st
         if progress:
             progress(1)
         if row_id is None:
-            unmatched.append(record)
+            unmatched_count += 1
+            if create_new:
+                unmatched.append(record)
             job.plan.append(f"no unique match for {entity.caption} {record.get(entity.number_field)}")
             continue
         coupled_rows.add(row_id)
         coupled_records.add(bc_id)
-        pairs.append((record, row_id))
+        pairs.append((bc_id, row_id))
+        if keep_pairs:
+            pair_records.append(record)
         job.count("coupled")
         job.plan.append(f"couple {entity.caption} {record.get(entity.number_field)} -> {table.set_name}({row_id})")
     if not dry_run and pairs:
-        with cx.state.session() as session:
-            session.add_all([Coupling(bc_entity=mapping.bc_entity, bc_id=str(r["id"]).lower(),
-                                      dataverse_table=mapping.dataverse_table, dataverse_id=row_id)
-                             for r, row_id in pairs])
-    if unmatched and not create_new:
-        job.count("failed", len(unmatched))
+        with cx.state.session() as session:  # rows, not ORM objects: one statement, little memory
+            session.execute(insert(Coupling), [
+                {"bc_entity": mapping.bc_entity, "bc_id": bc_id, "dataverse_table": mapping.dataverse_table,
+                 "dataverse_id": row_id} for bc_id, row_id in pairs])
+    if unmatched_count and not create_new:
+        job.count("failed", unmatched_count)
         job.error(RecordRef(mapping.bc_entity, None, mapping.dataverse_table, None), mapping.name, None,
-                  f"Failed to couple {len(unmatched)} record(s), because no unique uncoupled matching entity was "
+                  f"Failed to couple {unmatched_count} record(s), because no unique uncoupled matching entity was "
                   f"found in {cx.config.dataverse_url} with the specified matching criteria.")
     job.finish()
     jobs = [job]
@@ -149,7 +158,7 @@ def match_couple(cx: Connector, mapping: TableMapping, records: Iterable[dict[st
         else:
             jobs += create_in_dataverse(cx, mapping, unmatched).jobs
     if sync_after and pairs:
-        jobs += _synchronize_pairs(cx, mapping, pairs, dry_run)
+        jobs += _synchronize_pairs(cx, mapping, pair_records, [row_id for _, row_id in pairs], dry_run)
     return Outcome(jobs, [])
 
 
@@ -169,16 +178,21 @@ def _match(matcher: Matcher, groups: list[list[Criterion]], record: dict[str, An
     return None
 
 
-def _synchronize_pairs(cx: Connector, mapping: TableMapping, pairs: list[tuple[dict[str, Any], str]],
-                       dry_run: bool) -> list[JobLog]:
+def _sync_directions(mapping: TableMapping) -> list[Direction]:
     """Synch. After Match-Based Coupling: the mapping's direction; for bidirectional ones the update
     conflict setting picks the winner (Get → from Dataverse, Send → to Dataverse, None → both)."""
     if mapping.direction is Direction.BIDIRECTIONAL:
-        directions = {UpdateConflict.GET_UPDATE: [Direction.FROM_INTEGRATION],
-                      UpdateConflict.SEND_UPDATE: [Direction.TO_INTEGRATION]}.get(
+        return {UpdateConflict.GET_UPDATE: [Direction.FROM_INTEGRATION],
+                UpdateConflict.SEND_UPDATE: [Direction.TO_INTEGRATION]}.get(
             mapping.update_conflict, [Direction.TO_INTEGRATION, Direction.FROM_INTEGRATION])
-    else:
-        directions = [mapping.direction]
+    return [mapping.direction]
+
+
+def _synchronize_pairs(cx: Connector, mapping: TableMapping, records: list[dict[str, Any]], row_ids: list[str],
+                       dry_run: bool) -> list[JobLog]:
+    """Synchronize the pairs just coupled: ``records`` (the BC side, kept when a direction needs it) and
+    ``row_ids`` (the Dataverse side)."""
+    directions = _sync_directions(mapping)
     table = dataverse_table(mapping.dataverse_table)
     jobs = []
     for direction in directions:
@@ -186,9 +200,9 @@ def _synchronize_pairs(cx: Connector, mapping: TableMapping, pairs: list[tuple[d
         engine = Pass(cx, mapping, direction, job, Options(force_modify=True, sync_only_coupled=True),
                       dry_run=dry_run)
         if direction is Direction.TO_INTEGRATION:
-            engine.run(r for r, _ in pairs)
+            engine.run(iter(records))
         else:
-            engine.run(cx.dataverse.rows_by_ids(table.set_name, table.key, [row for _, row in pairs],
+            engine.run(cx.dataverse.rows_by_ids(table.set_name, table.key, row_ids,
                                                 select=dataverse_select(mapping)))
         job.finish()
         jobs.append(job)
