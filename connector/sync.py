@@ -530,6 +530,12 @@ class Pass:
             self._record_plan(items)
             return
         with self.cx.state.session() as session:
+            # the chunk's couplings in one query, so that merging each finds it loaded
+            ids = [i.coupling.id for i in items if i.coupling is not None and i.coupling.id is not None]
+            loaded: dict[int, Coupling] = {}
+            for start in range(0, len(ids), 500):
+                loaded.update((c.id, c) for c in session.scalars(
+                    select(Coupling).where(Coupling.id.in_(ids[start:start + 500]))))
             for item in items:
                 action = item.action
                 if action is Action.IGNORE or action is None:
@@ -537,7 +543,8 @@ class Pass:
                 if action is Action.SKIP:
                     self.job.count("skipped")
                     continue
-                coupling = session.merge(item.coupling) if item.coupling is not None else None
+                with session.no_autoflush:  # one flush for the chunk, at commit
+                    coupling = self._attached(session, item.coupling, loaded)
                 if action is Action.FAIL:
                     self.job.count("failed")
                     self._record_failure(session, item, coupling)
@@ -549,6 +556,15 @@ class Pass:
                     self.job.error(self._ref(item), self._label_source(item), self._label_destination(item),
                                    item.message)
             self.job.write(session)
+
+    @staticmethod
+    def _attached(session: Any, coupling: Coupling | None, loaded: dict[int, Coupling]) -> Coupling | None:
+        """The coupling in this session: the row loaded for the chunk (nothing changed it since it was
+        read or written), else a merged copy."""
+        if coupling is None:
+            return None
+        found = loaded.get(coupling.id) if coupling.id is not None else None
+        return found if found is not None else session.merge(coupling)
 
     def _record_plan(self, items: list[Item]) -> None:
         """A dry run counts and describes; the state stays as it was."""

@@ -15,6 +15,8 @@ import requests
 
 from tests.test_dataverse_crud import batch_responses, changeset, http_part, post_batch
 
+pytestmark = pytest.mark.storage  # on SQLite and on PostgreSQL (citext keys, multi-row RETURNING)
+
 KIND = "Microsoft.Dynamics.CRM.account"
 
 # Each scenario: rows written before (plain POSTs), then the targets. "{t}" is replaced by a tag per run,

@@ -585,20 +585,24 @@ class Store:
             if values.get(column) is not None:
                 by_scope.setdefault(values.get(scope_name) if scope_name else None, set()).add(values[column])
 
-        def build() -> Any:
-            stmt = sa.select(table.c[column]).where(table.c[column].in_(sa.bindparam("_values", expanding=True)))
+        def build(one: bool) -> Any:
+            col = table.c[column]
+            stmt = sa.select(col).where(col == sa.bindparam("_value") if one else  # one row: a plain seek
+                                        col.in_(sa.bindparam("_values", expanding=True)))
             if scope_name:
                 stmt = stmt.where(table.c[scope_name] == sa.bindparam("_scope"))
             return stmt
 
-        stmt = self._statement(("taken", entity.name, column), build)
         found: set[tuple] = set()
         names = (scope_name, column) if scope_name else (column,)
         for scope, scope_values in by_scope.items():
             wanted = sorted(scope_values, key=str)
             prefix = (scope,) if scope_name else ()
             for start in range(0, len(wanted), _IN_CHUNK):
-                params = {"_values": wanted[start:start + _IN_CHUNK], "_scope": scope}
+                part = wanted[start:start + _IN_CHUNK]
+                one = len(part) == 1
+                stmt = self._statement(("taken", entity.name, column, one), lambda: build(one))  # noqa: B023
+                params = {"_value": part[0], "_scope": scope} if one else {"_values": part, "_scope": scope}
                 found.update(_fold_all(table, names, (*prefix, value)) for (value,) in conn.execute(stmt, params))
         return found
 
