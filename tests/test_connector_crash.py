@@ -60,7 +60,7 @@ def test_killed_and_restarted_create_in_dataverse_leaves_one_row_and_one_couplin
     tag = uuid.uuid4().hex[:6]
     records = env.create_customers(bc, [f"Crash {tag} {i:03d}" for i in range(N)])
     numbers = [r["number"] for r in records]
-    env.set_sync(page_size=20, dataverse_batch_size=10)  # many chunks: many moments to die in
+    env.set_sync(page_size=10, dataverse_batch_size=5)  # many chunks: many moments to die in
     rng = random.Random(1201)
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     ours = {r["id"] for r in records}
@@ -74,7 +74,7 @@ def test_killed_and_restarted_create_in_dataverse_leaves_one_row_and_one_couplin
                                    stderr=subprocess.PIPE, env=environment)
         while process.poll() is None and _progress(env, ours) <= (jobs_before, coupled_before):
             time.sleep(0.05)  # wait until this run is writing: its job exists and couplings grow
-        time.sleep(rng.uniform(0.0, 0.5))
+        time.sleep(rng.uniform(0.0, 0.25))
         if process.poll() is not None:  # finished before we struck
             assert process.returncode == 0, process.stderr.read() if process.stderr else ""
             break
