@@ -244,7 +244,6 @@ class Store:
 
     # -- schema -> tables ---------------------------------------------------------------------
     def _build(self) -> None:
-
         for entity in self.schema:
             columns = []
             for prop in entity.properties:
@@ -471,17 +470,18 @@ class Store:
             stmt = stmt.where(table.c[entity.version_property] == sa.bindparam("_version"))
         return stmt.values({name: sa.bindparam(f"_v_{name}") for name in columns}).returning(*table.c)
 
-    def _stamp(self, entity: EntityType, values: dict[str, Any], conn: Connection, *, creating: bool) -> int:
+    def _stamp(self, entity: EntityType, rows: Sequence[dict[str, Any]], conn: Connection, *, creating: bool) -> None:
+        """The server columns of rows about to be written: consecutive versions, the time of the write."""
         self._touch(conn, entity.name)
-        version = self.next_version(conn)
+        first = self.next_versions(conn, len(rows))
         now = self.clock.utcnow()
-        if entity.version_property:
-            values[entity.version_property] = version
-        if entity.modified_on:
-            values[entity.modified_on] = now
-        if creating and entity.created_on:
-            values[entity.created_on] = now
-        return version
+        for offset, values in enumerate(rows):
+            if entity.version_property:
+                values[entity.version_property] = first + offset
+            if entity.modified_on:
+                values[entity.modified_on] = now
+            if creating and entity.created_on:
+                values[entity.created_on] = now
 
     def _check_alternate_keys(
         self, conn: Connection, entity: EntityType, row: Row, exclude_key: str | None, scope: str | None,
@@ -518,16 +518,7 @@ class Store:
             for values in stamped:
                 values[scope_name] = scope
         self._check_new_rows(conn, entity, stamped)
-        self._touch(conn, entity.name)
-        first = self.next_versions(conn, len(stamped))
-        now = self.clock.utcnow()
-        for offset, values in enumerate(stamped):
-            if entity.version_property:
-                values[entity.version_property] = first + offset
-            if entity.modified_on:
-                values[entity.modified_on] = now
-            if entity.created_on:
-                values[entity.created_on] = now
+        self._stamp(entity, stamped, conn, creating=True)
         columns = sorted({name for values in stamped for name in values})
         params = [{f"_v_{name}": values.get(name) for name in columns} for values in stamped]
         stmt = self._statement(("insert", entity.name, tuple(columns)), lambda: table.insert().values(
@@ -628,7 +619,7 @@ class Store:
         self._check_alternate_keys(conn, entity, merged, key, scope, changed=[
             name for name, value in values.items() if current.get(name) != value])
         values = dict(values)
-        self._stamp(entity, values, conn, creating=False)
+        self._stamp(entity, [values], conn, creating=False)
         scoped = bool(entity.scope_property and scope is not None)
         conditional = bool(if_version is not None and entity.version_property)
         columns = tuple(sorted(values))

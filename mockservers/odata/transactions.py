@@ -73,11 +73,10 @@ class Transactions:
                 yield lambda: undone.append(True)
                 if undone:
                     raise _Undone()
-        except _Undone:
-            del pending[mark:]
-        except BaseException:
-            del pending[mark:]
-            raise
+        except BaseException as error:
+            del pending[mark:]  # the after-commit work of what was rolled back
+            if not isinstance(error, _Undone):
+                raise
 
     @contextmanager
     def unit(self) -> Iterator[None]:
