@@ -178,3 +178,21 @@ def _text_position(element: text_position, compiler: Any, **kw: Any) -> str:
 def _text_position_sqlite(element: text_position, compiler: Any, **kw: Any) -> str:
     text, part = (compiler.process(arg, **kw) for arg in element.clauses)
     return f"instr(sandbox_lower({text}), sandbox_lower({part}))"
+
+
+class common_case(GenericFunction[bool]):
+    """A condition most rows meet, marked for SQLite's planner (``likely``: its statistics hold one
+    average per index, not how many rows are NULL); elsewhere the condition itself."""
+
+    type = sa.Boolean()
+    inherit_cache = True
+
+
+@compiles(common_case)
+def _common_case(element: common_case, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(common_case, "sqlite")
+def _common_case_sqlite(element: common_case, compiler: Any, **kw: Any) -> str:
+    return f"likely({compiler.process(element.clauses, **kw)})"

@@ -27,7 +27,7 @@ from odata_query import exceptions as oq_exc
 from odata_query.sqlalchemy.orm import AstToSqlAlchemyOrmVisitor
 from sqlalchemy.orm import aliased
 
-from .database import text_position
+from .database import common_case, text_position
 from .errors import QuerySyntaxError, UnknownProperty, UnsupportedQuery
 from .filter_binding import Binder, EdmType, FilterDialect, FilterExpression
 from .filter_syntax import Junction, parse_filter
@@ -121,6 +121,17 @@ class FilterVisitor(AstToSqlAlchemyOrmVisitor):
         if not hasattr(target, func):  # a plain value (contains('abc', name))
             target = sa.literal(target)
         return getattr(target, func)(self.visit(substr))
+
+    def visit_Compare(self, node: ast.Compare) -> Any:
+        clause = super().visit_Compare(node)
+        # Most rows have no value in a lookup (no parent, no company): an index search for the empty
+        # ones would read most of the table and then sort it.
+        sides = (node.left, node.right)
+        lookups = self.entity.lookup_columns()
+        if (isinstance(node.comparator, ast.Eq) and any(isinstance(side, ast.Null) for side in sides)
+                and any(isinstance(side, ast.Identifier) and side.name in lookups for side in sides)):
+            return common_case(clause)
+        return clause
 
     def visit_Junction(self, node: Junction) -> Any:
         terms = [self.visit(term) for term in node.terms]

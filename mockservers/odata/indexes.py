@@ -60,8 +60,7 @@ def query_columns(entity: EntityType) -> dict[str, int]:
     candidates: list[tuple[str | None, int]] = [
         (entity.primary_name, ROWS_PER_NAME),
         *((p.name, ROWS_PER_STATE) for p in props if p.kind == "State"),
-        *((p.name, ROWS_PER_VALUE) for p in props if p.lookup),
-        *((nav.via, ROWS_PER_VALUE) for nav in entity.navigations if not nav.collection),
+        *((name, ROWS_PER_VALUE) for name in entity.lookup_columns()),
         (entity.modified_on, ROWS_PER_VALUE),
     ]
     unique_alone = {key.properties[0] for key in entity.alternate_keys if len(key.properties) == 1}

@@ -247,6 +247,13 @@ class QueryRunner:
                 beyond = (col > value) if not desc else sa.or_(col < value, col.is_(None))
                 same = col == value
             condition = beyond if condition is None else sa.or_(beyond, sa.and_(same, condition))
+        assert condition is not None  # the key is always among the keys
+        first, desc = keys[0]
+        value = last.get(first)
+        if value is not None and not desc and len(keys) > 1:
+            # The same rows, with a range on the first column that an index can seek to and read in
+            # order: without it, the OR above makes SQLite read every later row and sort them all.
+            condition = sa.and_(table.c[first] >= value, condition)
         return condition
 
     def run(

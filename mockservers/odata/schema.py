@@ -156,6 +156,13 @@ class EntityType:
     def public_names(self) -> set[str]:
         return {p.name for p in self.properties if not p.hidden}
 
+    def lookup_columns(self) -> list[str]:
+        """The columns that hold another table's key: Dataverse lookups, and what each single-valued
+        navigation goes through."""
+        names = [p.name for p in self.properties if p.lookup]
+        names += [nav.via for nav in self.navigations if not nav.collection and nav.via not in names]
+        return names
+
     def writable(self, name: str) -> bool:
         prop = self._props.get(name)
         return prop is not None and not prop.hidden and not prop.read_only
