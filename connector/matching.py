@@ -25,6 +25,7 @@ from .jobs import JobLog, Outcome, RecordRef
 from .mappings.tables import bc_entity, dataverse_table
 from .options import OptionPass
 from .runtime import Connector, ConnectorError
+from .spool import RecordSpool
 from .store import (
     Coupling,
     Direction,
@@ -113,53 +114,53 @@ def match_couple(cx: Connector, mapping: TableMapping, records: Iterable[dict[st
             Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_table == mapping.dataverse_table)))
     job = JobLog(cx.state, mapping.name, JobType.COUPLING, mapping.direction, persist=not dry_run)
     entity = bc_entity(mapping.bc_entity)
-    # Held in memory for the whole table: ids, and whole records only where a later step needs them
-    # (the unmatched ones to create, the pairs to synchronize to Dataverse).
+    # Held in memory for the whole table: ids. Whole records, where a later step needs them (the
+    # unmatched ones to create, the pairs to synchronize to Dataverse), wait on disk.
     keep_pairs = bool(sync_after) and Direction.TO_INTEGRATION in _sync_directions(mapping)
     pairs: list[tuple[str, str]] = []
-    pair_records: list[dict[str, Any]] = []
-    unmatched: list[dict[str, Any]] = []
     unmatched_count = 0
-    for record in records:
-        bc_id = str(record["id"]).lower()
-        if bc_id in coupled_records:
-            continue  # match-based coupling skips records that are already coupled
-        row_id = _match(matcher, groups, record, coupled_rows)
-        if progress:
-            progress(1)
-        if row_id is None:
-            unmatched_count += 1
-            if create_new:
-                unmatched.append(record)
-            job.plan.append(f"no unique match for {entity.caption} {record.get(entity.number_field)}")
-            continue
-        coupled_rows.add(row_id)
-        coupled_records.add(bc_id)
-        pairs.append((bc_id, row_id))
-        if keep_pairs:
-            pair_records.append(record)
-        job.count("coupled")
-        job.plan.append(f"couple {entity.caption} {record.get(entity.number_field)} -> {table.set_name}({row_id})")
-    if not dry_run and pairs:
-        with cx.state.session() as session:  # rows, not ORM objects: one statement, little memory
-            session.execute(insert(Coupling), [
-                {"bc_entity": mapping.bc_entity, "bc_id": bc_id, "dataverse_table": mapping.dataverse_table,
-                 "dataverse_id": row_id} for bc_id, row_id in pairs])
-    if unmatched_count and not create_new:
-        job.count("failed", unmatched_count)
-        job.error(RecordRef(mapping.bc_entity, None, mapping.dataverse_table, None), mapping.name, None,
-                  f"Failed to couple {unmatched_count} record(s), because no unique uncoupled matching entity was "
-                  f"found in {cx.config.dataverse_url} with the specified matching criteria.")
-    job.finish()
-    jobs = [job]
-    if unmatched and create_new:
-        if dry_run:
-            job.plan += [f"create {entity.caption} {r.get(entity.number_field)} in Dataverse" for r in unmatched]
-        else:
-            jobs += create_in_dataverse(cx, mapping, unmatched).jobs
-    if sync_after and pairs:
-        jobs += _synchronize_pairs(cx, mapping, pair_records, [row_id for _, row_id in pairs], dry_run)
-    return Outcome(jobs, [])
+    with RecordSpool() as pair_records, RecordSpool() as unmatched:
+        for record in records:
+            bc_id = str(record["id"]).lower()
+            if bc_id in coupled_records:
+                continue  # match-based coupling skips records that are already coupled
+            row_id = _match(matcher, groups, record, coupled_rows)
+            if progress:
+                progress(1)
+            if row_id is None:
+                unmatched_count += 1
+                if create_new:
+                    unmatched.append(record)
+                job.plan.append(f"no unique match for {entity.caption} {record.get(entity.number_field)}")
+                continue
+            coupled_rows.add(row_id)
+            coupled_records.add(bc_id)
+            pairs.append((bc_id, row_id))
+            if keep_pairs:
+                pair_records.append(record)
+            job.count("coupled")
+            job.plan.append(f"couple {entity.caption} {record.get(entity.number_field)} -> {table.set_name}({row_id})")
+        del matcher, candidates  # the candidate rows are done with: free them before creating and synchronizing
+        if not dry_run and pairs:
+            with cx.state.session() as session:  # rows, not ORM objects: one statement, little memory
+                session.execute(insert(Coupling), [
+                    {"bc_entity": mapping.bc_entity, "bc_id": bc_id, "dataverse_table": mapping.dataverse_table,
+                     "dataverse_id": row_id} for bc_id, row_id in pairs])
+        if unmatched_count and not create_new:
+            job.count("failed", unmatched_count)
+            job.error(RecordRef(mapping.bc_entity, None, mapping.dataverse_table, None), mapping.name, None,
+                      f"Failed to couple {unmatched_count} record(s), because no unique uncoupled matching entity was "
+                      f"found in {cx.config.dataverse_url} with the specified matching criteria.")
+        job.finish()
+        jobs = [job]
+        if unmatched and create_new:
+            if dry_run:
+                job.plan += [f"create {entity.caption} {r.get(entity.number_field)} in Dataverse" for r in unmatched]
+            else:
+                jobs += create_in_dataverse(cx, mapping, unmatched).jobs
+        if sync_after and pairs:
+            jobs += _synchronize_pairs(cx, mapping, pair_records, [row_id for _, row_id in pairs], dry_run)
+        return Outcome(jobs, [])
 
 
 def _match(matcher: Matcher, groups: list[list[Criterion]], record: dict[str, Any], taken: set[str]) -> str | None:
@@ -188,7 +189,7 @@ def _sync_directions(mapping: TableMapping) -> list[Direction]:
     return [mapping.direction]
 
 
-def _synchronize_pairs(cx: Connector, mapping: TableMapping, records: list[dict[str, Any]], row_ids: list[str],
+def _synchronize_pairs(cx: Connector, mapping: TableMapping, records: Iterable[dict[str, Any]], row_ids: list[str],
                        dry_run: bool) -> list[JobLog]:
     """Synchronize the pairs just coupled: ``records`` (the BC side, kept when a direction needs it) and
     ``row_ids`` (the Dataverse side)."""

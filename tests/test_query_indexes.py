@@ -265,6 +265,24 @@ def test_an_eq_filter_searches_by_the_index(served: RunningSandbox, service: str
         assert f" using {index} on {table}" in plan or f" on {index}" in plan, plan
 
 
+def test_a_filter_on_many_ids_seeks_each_id(served: RunningSandbox) -> None:
+    """``id eq a or id eq b …`` (how the connector reads back the records it was told about) looks up
+    each id by the key. Without a row-count hint on BC's alternate keys, SQLite's planner took the
+    (company, number) index for a cheap way to read the rows in number order and walked every
+    customer of the company for each such query."""
+    ids = " or ".join(f"id eq {uuid.UUID(int=n)}" for n in range(1, 31))
+    url = f"{served.bc_api}/companies({COMPANY})/customers?$filter={ids}"
+    statement, parameters = list_statement(served, "bc", url, served.bc_session(), "customer")
+    store = served.sandbox.backends["bc"].store
+    key_index = "sqlite_autoindex_customer_1" if store.is_sqlite else "customer_pkey"
+    plan = query_plan(store, statement, parameters, "customer", key_index)
+    if store.is_sqlite:
+        assert f"SEARCH customer USING INDEX {key_index} (id=? AND companyId=?)" in plan, plan
+        assert "ux_customer_number" not in plan, plan
+    else:
+        assert key_index in plan, plan
+
+
 # -- (b2) a page after the first is read in order, not sorted whole ---------------------------------
 COMPANY_OR_NONE = f"(_bcbi_companyid_value eq {GUID} or _bcbi_companyid_value eq null)"
 # (service, entity set, query, table): pages the connector and common clients read one after another

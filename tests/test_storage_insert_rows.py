@@ -3,13 +3,16 @@ its block of versions leaves no gap a change-tracking token could fall into."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from mockservers.odata.errors import AlreadyExists, KeyViolation
 from mockservers.odata.schema import AlternateKey, Edm, EntityType, Property, Schema
-from mockservers.odata.storage import Store
+from mockservers.odata.storage import DrawnKey, Store, drawn_key
 
 
 def store(tmp_path: Path | None) -> tuple[Store, EntityType]:
@@ -111,3 +114,45 @@ def test_a_version_block_ends_with_its_transaction() -> None:
     assert row["version"] > held
     with db.read() as conn:
         assert db.current_version(conn) >= row["version"]
+
+
+def _key_lookups(db: Store, write: Callable[[], None]) -> int:
+    """How many SELECTs of the id column the store ran while ``write`` ran."""
+    seen: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", capture)
+    try:
+        write()
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", capture)
+    return sum(1 for s in seen if s.lstrip().startswith("SELECT line.id"))
+
+
+def test_a_key_the_service_drew_is_not_looked_up(tmp_path: Path) -> None:
+    db, line = store(tmp_path)
+
+    def insert(key: str) -> Callable[[], None]:
+        def run() -> None:
+            with db.write() as conn:
+                db.insert_rows(conn, line, [{"id": key}], A)
+        return run
+
+    assert _key_lookups(db, insert(guid(1))) == 1  # an id from the client may be taken
+    assert _key_lookups(db, insert(drawn_key())) == 0  # a new random GUID cannot be
+    with db.read() as conn:
+        assert db.count(conn, line, A) == 2
+
+
+def test_a_drawn_key_that_collides_is_still_refused_whole(tmp_path: Path) -> None:
+    """Not something a random GUID does; forced here. The database's unique key refuses it, and the
+    rows of the same insert are not written either."""
+    db, line = store(tmp_path)
+    with db.write() as conn:
+        db.insert_rows(conn, line, [{"id": guid(1)}], A)
+    with pytest.raises(AlreadyExists), db.write() as conn:
+        db.insert_rows(conn, line, [{"id": guid(2)}, {"id": DrawnKey(guid(1))}], A)
+    with db.read() as conn:
+        assert db.count(conn, line, A) == 1

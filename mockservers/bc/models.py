@@ -20,7 +20,7 @@ from ..odata.csdl import enum_spellings
 from ..odata.database import SessionProvider
 from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
 from ..odata.schema import Edm, EntityType, Navigation, Property, Schema
-from ..odata.storage import Row, Store
+from ..odata.storage import Row, Store, drawn_key
 from ..odata.transactions import Transactions
 from ..odata.values import parse_guid, shown_text, to_stored
 from ..sandbox.fixtures import DEFAULT_LIBRARY, FixtureError, FixtureLibrary
@@ -394,16 +394,57 @@ class BCBackend:
 
     def create(self, conn: Connection, entity: EntityType, company_id: str, body: Any) -> Row:
         values = self.prepare(conn, entity, company_id, body, creating=True)
-        values.setdefault(entity.key, str(uuid.uuid4()))
         if not values.get(entity.key):
-            values[entity.key] = str(uuid.uuid4())
-        try:
-            row = self.store.insert(conn, entity, values, company_id)
-        except engine.ODataError as error:
-            raise exc.from_engine(error, entity, entity_info(entity).caption, values) from error
+            values[entity.key] = drawn_key()
+        row = self._insert(conn, entity, company_id, values)
         if isinstance(body, dict) and body.get("number"):
             self._note_number(conn, entity, company_id, row.get("number"))
         return row
+
+    def _insert(self, conn: Connection, entity: EntityType, company_id: str, values: dict[str, Any]) -> Row:
+        try:
+            return self.store.insert(conn, entity, values, company_id)
+        except engine.ODataError as error:
+            raise exc.from_engine(error, entity, entity_info(entity).caption, values) from error
+
+    def create_many(self, conn: Connection, entity: EntityType, company_id: str, bodies: list[Any]) -> list[Row]:
+        """What ``create`` does for each body in turn, the rows written a block at a time (one statement
+        for many). A body whose create could see the rows before it (a number of its own moves the number
+        series; a reference to this same table) first writes the block, then goes alone. The first body
+        that one-by-one creates would refuse raises the same error."""
+        rows: list[Row] = []
+        pending: list[dict[str, Any]] = []
+
+        def write_block() -> None:
+            if pending:
+                try:
+                    rows.extend(self.store.insert_rows(conn, entity, pending, company_id))
+                except engine.ODataError:  # nothing of the block was written: find the refused row
+                    for values in pending:
+                        rows.append(self._insert(conn, entity, company_id, values))
+                pending.clear()
+
+        for body in bodies:
+            if self._creates_alone(entity, body):
+                write_block()
+                rows.append(self.create(conn, entity, company_id, body))
+                continue
+            try:
+                values = self.prepare(conn, entity, company_id, body, creating=True)
+            except Exception:
+                write_block()  # an earlier body's refusal comes first
+                raise
+            if not values.get(entity.key):
+                values[entity.key] = drawn_key()
+            pending.append(values)
+        write_block()
+        return rows
+
+    def _creates_alone(self, entity: EntityType, body: Any) -> bool:
+        info = entity_info(entity)
+        return (not isinstance(body, dict) or bool(body.get("number"))
+                or any(nav.target == entity.name for nav in entity.navigations)
+                or any(target == entity.name for target, _ in info.code_references.values()))
 
     def update(self, conn: Connection, entity: EntityType, company_id: str, key: str, body: Any, *,
                if_version: int | None) -> Row:

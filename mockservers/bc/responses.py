@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import re
 import uuid
@@ -77,6 +78,10 @@ class BCService:
         self.max_page_size = max_page_size
         self.webhooks = webhooks
         self._csdl: dict[bool, str] = {}
+        # A batch's consecutive creates are written together (answers as one by one); off, one by one.
+        self.group_creates = True
+        self._deferring: contextvars.ContextVar[bool] = contextvars.ContextVar(f"bc_deferring_{id(self)}",
+                                                                               default=False)
 
     # -- entry point -------------------------------------------------------------------------
     def handle(self, req: Request) -> Result:
@@ -87,9 +92,7 @@ class BCService:
             result = error.result(correlation)
         except engine.ODataError as error:
             result = exc.from_engine(error).result(correlation)
-        if result.header("request-id") is None:
-            result.headers.append(("request-id", correlation))
-        return result
+        return _with_request_id(result, correlation)
 
     # -- routing -----------------------------------------------------------------------------
     def route(self, path: str) -> Route:
@@ -385,12 +388,19 @@ class BCService:
     def create(self, req: Request, entity: EntityType, company: Company, context_base: str,
                location_base: str) -> Result:
         body = self._body(req)
+        created = _Create(entity, company, body, context_base, location_base, self._api_prefix(req))
+        if self._deferring.get():
+            raise _Deferred(created)
         with self.tx.connection(True) as conn:
             row = self.backend.create(conn, entity, company.id, body)
-            self._changed(entity, company, row, "created", self._api_prefix(req))
-        record = self.serializer.records(entity, [row], None, [], company.lcy)[0]
-        location = f"{location_base}({row[entity.key]})"
-        return self._json(201, {"@odata.context": context_base + "/$entity", **record}, [("Location", location)])
+            self._changed(entity, company, row, "created", created.api_prefix)
+        return self._created(created, row)
+
+    def _created(self, created: _Create, row: Row) -> Result:
+        record = self.serializer.records(created.entity, [row], None, [], created.company.lcy)[0]
+        location = f"{created.location_base}({row[created.entity.key]})"
+        return self._json(201, {"@odata.context": created.context_base + "/$entity", **record},
+                          [("Location", location)])
 
     def _if_match(self, req: Request, required: bool) -> tuple[bool, int | None]:
         """(present, expected version); `*` means present without a version."""
@@ -496,16 +506,43 @@ class BCService:
                 responses.append(outcome)
             return failed
 
+        def run_alone(item: Any) -> None:
+            with self.tx.apart() as undo:
+                outcome = self._batch_item(req, route, item, company_arg)
+                if outcome["status"] >= 400:
+                    undo()
+            responses.append(outcome)
+
         def run_each_apart() -> None:
             """Each operation stands alone: a failed one leaves nothing behind, the others keep their writes
             (one transaction for the batch, a savepoint for each operation, so the batch's writes become
-            visible to other clients together, when it ends)."""
+            visible to other clients together, when it ends). Consecutive creates in one entity set and
+            company are written together (one savepoint, one INSERT), answered as if one by one; if any
+            of them fails, the run is rolled back and its creates go one by one after all."""
+            run: list[tuple[Any, _Create]] = []
+
+            def flush() -> None:
+                together = self._create_together([created for _, created in run]) if len(run) > 1 else None
+                if together is None:
+                    for item, _ in run:
+                        run_alone(item)
+                else:
+                    responses.extend(self._outcome(item, result) for (item, _), result in zip(run, together,
+                                                                                              strict=True))
+                run.clear()
+
             for item in requests_:
-                with self.tx.apart() as undo:
-                    outcome = self._batch_item(req, route, item, company_arg)
-                    if outcome["status"] >= 400:
-                        undo()
-                responses.append(outcome)
+                created = self._deferred_create(req, route, item, company_arg) if self.group_creates else None
+                if created is not None and run and (run[0][1].entity, run[0][1].company.id) == (
+                        created.entity, created.company.id):
+                    run.append((item, created))
+                    continue
+                flush()
+                if created is not None:
+                    run.append((item, created))
+                else:
+                    run_alone(item)
+            flush()
 
         if atomic:
             try:
@@ -523,7 +560,56 @@ class BCService:
         result.batch_operations = len(requests_)
         return result
 
+    def _deferred_create(self, req: Request, route: Route, item: Any, company_arg: str | None) -> _Create | None:
+        """The create this batch operation is, routed and checked like any request but not yet written;
+        None for anything else (it then runs on its own). Only a POST to a plain entity set URL can be
+        one, so nothing here writes."""
+        if not isinstance(item, dict) or str(item.get("method", "")).upper() != "POST":
+            return None
+        url = item.get("url")
+        last = url.partition("?")[0].rstrip("/").rsplit("/", 1)[-1] if isinstance(url, str) else ""
+        if not last or "(" in last or "." in last or last in ("subscriptions", "$batch", "companies"):
+            return None
+        inner = self._inner_request(req, route, item, company_arg)
+        if not isinstance(inner, Request):
+            return None
+        token = self._deferring.set(True)
+        try:
+            self.handle(inner)
+        except _Deferred as deferred:
+            return deferred.create
+        finally:
+            self._deferring.reset(token)
+        return None
+
+    def _create_together(self, run: list[_Create]) -> list[Result] | None:
+        """The creates of a run written in one block, answered each as ``create`` answers; None when any
+        of them fails (nothing of the run is left behind)."""
+        first = run[0]
+        try:
+            with self.tx.apart():
+                with self.tx.connection(True) as conn:
+                    rows = self.backend.create_many(conn, first.entity, first.company.id, [c.body for c in run])
+                for created, row in zip(run, rows, strict=True):
+                    self._changed(created.entity, created.company, row, "created", created.api_prefix)
+        except (BCError, engine.ODataError):
+            return None
+        return [_with_request_id(self._created(created, row), str(uuid.uuid4())) for created, row in zip(run, rows,
+                                                                                                        strict=True)]
+
     def _batch_item(self, req: Request, route: Route, item: Any, company_arg: str | None) -> dict[str, Any]:
+        inner = self._inner_request(req, route, item, company_arg)
+        if not isinstance(inner, Request):
+            return inner
+        if inner.path.rstrip("/").endswith("$batch"):
+            result = exc.bad_request("Nested $batch requests are not supported.").result(str(uuid.uuid4()))
+        else:
+            result = self.handle(inner)
+        return self._outcome(item, result)
+
+    def _inner_request(self, req: Request, route: Route, item: Any,
+                       company_arg: str | None) -> Request | dict[str, Any]:
+        """A batch operation as a request of its own, or its error outcome when it is malformed."""
         if not isinstance(item, dict) or not isinstance(item.get("method"), str) or not isinstance(
                 item.get("url"), str):
             return _batch_item_error(item, "Each batch request needs 'method' and 'url'.")
@@ -549,13 +635,13 @@ class BCService:
         if company and "company" not in args and "/companies(" not in path:
             args["company"] = company
         body = item.get("body")
-        inner = Request(method=item["method"].upper(), path=unquote(path), args=args, headers=headers,
-                        body=json.dumps(body).encode() if body is not None else b"", base_url=req.base_url,
-                        principal=req.principal)
-        if inner.path.rstrip("/").endswith("$batch"):
-            result = exc.bad_request("Nested $batch requests are not supported.").result(str(uuid.uuid4()))
-        else:
-            result = self.handle(inner)
+        return Request(method=item["method"].upper(), path=unquote(path), args=args, headers=headers,
+                       body=json.dumps(body).encode() if body is not None else b"", base_url=req.base_url,
+                       principal=req.principal)
+
+    @staticmethod
+    def _outcome(item: dict[str, Any], result: Result) -> dict[str, Any]:
+        """A batch operation's answer, as the batch response lists it."""
         out_headers = {k.lower(): v for k, v in result.headers if k.lower() != "content-length"}
         if result.body:
             out_headers.setdefault("odata-version", "4.0")
@@ -583,6 +669,32 @@ def check_query_options(args: MultiDict) -> None:
             raise exc.bad_request(f"The query parameter '{name}' is not supported by the sandbox: it does not "
                                   f"emulate {what}.")
         raise exc.bad_request(f"The query parameter '{name}' is not supported.")
+
+
+def _with_request_id(result: Result, correlation: str) -> Result:
+    if result.header("request-id") is None:
+        result.headers.append(("request-id", correlation))
+    return result
+
+
+@dataclass(frozen=True)
+class _Create:
+    """A create, routed and checked, with what its answer needs."""
+
+    entity: EntityType
+    company: Company
+    body: Any
+    context_base: str
+    location_base: str
+    api_prefix: str
+
+
+class _Deferred(Exception):
+    """Raised by ``create`` while a batch collects a run of creates to write together."""
+
+    def __init__(self, create: _Create) -> None:
+        super().__init__(create.entity.set_name)
+        self.create = create
 
 
 def _batch_item_error(item: Any, message: str) -> dict[str, Any]:

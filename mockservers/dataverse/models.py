@@ -22,7 +22,7 @@ from ..odata import errors as engine
 from ..odata.database import SessionProvider
 from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
 from ..odata.schema import EntityType, Navigation, Schema
-from ..odata.storage import Row, Store
+from ..odata.storage import Row, Store, drawn_key
 from ..odata.transactions import Transactions
 from ..odata.urlpath import KeyPredicate, parse_key, split_path
 from ..odata.values import parse_guid, to_stored
@@ -607,7 +607,7 @@ class DataverseBackend:
         for name, value in (key_values or {}).items():
             values.setdefault(name, value)
         if not values.get(entity.key):
-            values[entity.key] = str(uuid.uuid4())
+            values[entity.key] = drawn_key()
         for prop in entity.properties:  # Yes/No and choice columns start at their declared default
             if prop.default is not None and not prop.hidden and prop.name not in values:
                 values[prop.name] = prop.default
