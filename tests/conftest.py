@@ -15,9 +15,10 @@ import os
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,28 @@ def postgres_databases(admin_url: str) -> Iterator[Databases]:
         for name in names:
             run(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.dispose()
+
+
+@contextmanager
+def twin_sandboxes(database: str, sandbox_factory: Callable[..., RunningSandbox],
+                   frozen_at: datetime) -> Iterator[tuple[RunningSandbox, RunningSandbox]]:
+    """Two fresh live sandboxes (plain HTTP) on the same seed, their clocks frozen at the same instant:
+    the same requests sent to both must answer alike. ``database``: "sqlite" or "postgresql"."""
+    with ExitStack() as stack:
+        made = []
+        for _ in range(2):
+            options: dict[str, Any] = {"mode": "live", "tls": False}
+            if database == "postgresql":
+                created = stack.enter_context(postgres_databases(os.environ[POSTGRES_ENV]))
+                options.update(db_url=created.dataverse, bc_db_url=created.bc)
+            sandbox = sandbox_factory(**options)
+            sandbox.clock.freeze(frozen_at)
+            made.append(sandbox)
+        try:
+            yield made[0], made[1]
+        finally:
+            for sandbox in made:
+                sandbox.stop()
 
 
 @pytest.fixture(scope="module")

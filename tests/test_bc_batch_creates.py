@@ -13,7 +13,6 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +21,7 @@ import requests
 
 from mockservers.bc.serializer import parse_bc_etag
 from mockservers.testing import RunningSandbox
-from tests.conftest import POSTGRES_ENV, postgres_databases
+from tests.conftest import POSTGRES_ENV, twin_sandboxes
 
 COMPANY = "b2a3c4d5-1111-4a2b-9c3d-000000000001"
 FROZEN = datetime(2031, 5, 4, 9, 30, tzinfo=UTC)
@@ -69,21 +68,10 @@ SCENARIOS: dict[str, list[dict[str, Any]]] = {
 
 @pytest.fixture(params=DATABASES)
 def pair(request: pytest.FixtureRequest, sandbox_factory: Factory) -> Iterator[tuple[RunningSandbox, RunningSandbox]]:
-    """Two fresh live sandboxes on the same seed and frozen clock: creates grouped, creates alone."""
-    with ExitStack() as stack:
-        made = []
-        for _ in range(2):
-            options: dict[str, Any] = {"mode": "live", "tls": False}
-            if request.param == "postgresql":
-                created = stack.enter_context(postgres_databases(os.environ[POSTGRES_ENV]))
-                options.update(db_url=created.dataverse, bc_db_url=created.bc)
-            sandbox = sandbox_factory(**options)
-            sandbox.clock.freeze(FROZEN)
-            made.append(sandbox)
-        made[1].sandbox.apps["bc"].extensions["bc"]["service"].group_creates = False
-        yield made[0], made[1]
-        for sandbox in made:
-            sandbox.stop()
+    """Two fresh sandboxes on the same seed and clock: creates together, creates alone."""
+    with twin_sandboxes(request.param, sandbox_factory, FROZEN) as (grouped, alone):
+        alone.sandbox.apps["bc"].extensions["bc"]["service"].group_creates = False
+        yield grouped, alone
 
 
 def run_batch(sandbox: RunningSandbox, requests_: list[dict[str, Any]]) -> list[dict[str, Any]]:

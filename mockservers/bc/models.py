@@ -246,7 +246,7 @@ class BCBackend:
         return converted
 
     def prepare(self, conn: Connection, entity: EntityType, company_id: str, body: Any, *, creating: bool,
-                existing: Row | None = None) -> dict[str, Any]:
+                existing: Row | None = None, draw_number: bool = True) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise exc.bad_request("Invalid Request Body")
         values: dict[str, Any] = {}
@@ -279,7 +279,7 @@ class BCBackend:
         self._references(conn, entity, company_id, values)
         self._code_references(conn, entity, company_id, values)
         if creating:
-            self._defaults(conn, entity, company_id, values)
+            self._defaults(conn, entity, company_id, values, draw_number=draw_number)
         return values
 
     def _required(self, entity: EntityType, values: dict[str, Any], *, creating: bool) -> None:
@@ -344,30 +344,38 @@ class BCBackend:
                               f"The field {name} of table {caption} contains a value ({code}) that cannot be found "
                               f"in the related table ({related}).")
 
-    def _defaults(self, conn: Connection, entity: EntityType, company_id: str, values: dict[str, Any]) -> None:
+    def _defaults(self, conn: Connection, entity: EntityType, company_id: str, values: dict[str, Any], *,
+                  draw_number: bool = True) -> None:
         for prop in entity.public_properties():
             if prop.name in values or prop.read_only or prop.name == entity.key:
                 continue
             if prop.default is not None:
                 values[prop.name] = self._convert(entity, prop, prop.default)
         series = entity_info(entity).number_series
-        if series is not None and not values.get("number"):
-            values["number"] = self._next_number(conn, entity, company_id, series)
+        if draw_number and series is not None and not values.get("number"):
+            (values["number"],) = self._next_numbers(conn, entity, company_id, series, 1)
 
-    def _next_number(self, conn: Connection, entity: EntityType, company_id: str, prefix: str) -> str:
-        """The series' next number: 10 after its last number, kept per company and prefix as BC keeps a
-        No. Series Line's "Last No. Used" (so a number costs a keyed read, however many rows there are).
-        A series used for the first time starts after the highest `<prefix><digits>` in use."""
+    def _next_numbers(self, conn: Connection, entity: EntityType, company_id: str, prefix: str,
+                      count: int) -> list[str]:
+        """The series' next ``count`` numbers, each 10 after the one before, starting after its last
+        number, kept per company and prefix as BC keeps a No. Series Line's "Last No. Used" (so numbers
+        cost a keyed read and a write, however many rows there are). A series used for the first time
+        starts after the highest `<prefix><digits>` in use."""
         key = {"b_company": company_id, "b_prefix": prefix}
         last = conn.execute(_LAST_NO, key).scalar()
         if last is None:
             highest = self._highest_number(conn, entity, company_id, prefix)
-            number = _after(prefix, highest) if highest else f"{prefix}{10:05d}"
-            conn.execute(number_series_table.insert(), {"company_id": company_id, "prefix": prefix, "last_no": number})
-            return number
-        number = _after(prefix, last)
-        conn.execute(_SET_LAST_NO, {**key, "number": number})
-        return number
+            numbers = [_after(prefix, highest) if highest else f"{prefix}{10:05d}"]
+        else:
+            numbers = [_after(prefix, str(last))]
+        while len(numbers) < count:
+            numbers.append(_after(prefix, numbers[-1]))
+        if last is None:
+            conn.execute(number_series_table.insert(),
+                         {"company_id": company_id, "prefix": prefix, "last_no": numbers[-1]})
+        else:
+            conn.execute(_SET_LAST_NO, {**key, "number": numbers[-1]})
+        return numbers
 
     def _note_number(self, conn: Connection, entity: EntityType, company_id: str, number: Any) -> None:
         """A number given by the client moves its series past it when it is the series' highest."""
@@ -415,8 +423,16 @@ class BCBackend:
         rows: list[Row] = []
         pending: list[dict[str, Any]] = []
 
+        series = entity_info(entity).number_series
+
         def write_block() -> None:
             if pending:
+                numbered = [values for values in pending if series is not None and not values.get("number")]
+                if numbered:  # the block's numbers, drawn in its order, at once
+                    assert series is not None
+                    for values, number in zip(numbered, self._next_numbers(conn, entity, company_id, series,
+                                                                           len(numbered)), strict=True):
+                        values["number"] = number
                 try:
                     rows.extend(self.store.insert_rows(conn, entity, pending, company_id))
                 except engine.ODataError:  # nothing of the block was written: find the refused row
@@ -430,7 +446,7 @@ class BCBackend:
                 rows.append(self.create(conn, entity, company_id, body))
                 continue
             try:
-                values = self.prepare(conn, entity, company_id, body, creating=True)
+                values = self.prepare(conn, entity, company_id, body, creating=True, draw_number=False)
             except Exception:
                 write_block()  # an earlier body's refusal comes first
                 raise

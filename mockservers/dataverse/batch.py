@@ -322,6 +322,16 @@ def count_operations(parts: list[BatchPart]) -> int:
     return sum(len(p.requests) if isinstance(p, Changeset) else 1 for p in parts)
 
 
+@dataclass(frozen=True)
+class RunTogether:
+    """How a caller writes a run of requests at once: ``key`` names the run a request outside a
+    changeset may join (None: it runs alone); ``execute`` answers a whole run, or returns None when
+    any of it fails (the run's writes are then undone and its requests run one by one)."""
+
+    key: Callable[[InnerRequest], str | None]
+    execute: Callable[[list[InnerRequest]], list[InnerResponse] | None]
+
+
 def run_batch(
     parts: list[BatchPart],
     *,
@@ -329,6 +339,7 @@ def run_batch(
     execute: Callable[[InnerRequest], InnerResponse],
     changeset_scope: Callable[[], AbstractContextManager[None]],
     request_scope: Callable[[], AbstractContextManager[Callable[[], None]]] | None = None,
+    together: RunTogether | None = None,
     max_operations: int = MAX_OPERATIONS,
 ) -> BatchResult:
     """Execute parts in order; see the module docstring for the stop and rollback rules.
@@ -336,7 +347,8 @@ def run_batch(
     Exceptions raised by ``execute`` propagate (inside a changeset the scope sees them first):
     turning an application failure into an error response is the caller's job. ``request_scope``, if
     given, surrounds each request outside a changeset and yields the function that undoes its writes,
-    called when the request fails.
+    called when the request fails. With ``together`` too, consecutive requests outside changesets
+    with the same run key go to ``together.execute`` in one scope, answered as one by one.
     """
     total = count_operations(parts)
     if total > max_operations:
@@ -345,7 +357,19 @@ def run_batch(
         )
 
     result = BatchResult(status=200)
-    for part in parts:
+    index = alone_until = 0
+    while index < len(parts):
+        if together is not None and request_scope is not None and index >= alone_until:
+            run = _run_at(parts, index, together)
+            if len(run) > 1:
+                answered = _execute_run(run, together, request_scope)
+                if answered is not None:  # no failures among them: nothing to stop at
+                    result.parts.extend(answered)
+                    index += len(run)
+                    continue
+                alone_until = index + len(run)  # one of them fails: the run goes one by one
+        part = parts[index]
+        index += 1
         if isinstance(part, Changeset):
             outcome: PartOutcome = _run_changeset(part, execute, changeset_scope)
         elif request_scope is None:
@@ -360,6 +384,33 @@ def run_batch(
             result.status = _first_response(outcome).status
             break
     return result
+
+
+def _run_at(parts: list[BatchPart], index: int, together: RunTogether) -> list[InnerRequest]:
+    """The requests from ``index`` on that share one run key (empty when the first has none)."""
+    run: list[InnerRequest] = []
+    key: str | None = None
+    for part in parts[index:]:
+        if isinstance(part, Changeset):
+            break
+        part_key = together.key(part)
+        if part_key is None or (key is not None and part_key != key):
+            break
+        key = part_key
+        run.append(part)
+    return run
+
+
+def _execute_run(run: list[InnerRequest], together: RunTogether | None,
+                 request_scope: Callable[[], AbstractContextManager[Callable[[], None]]] | None,
+                 ) -> list[PartOutcome] | None:
+    assert together is not None and request_scope is not None
+    with request_scope() as undo:
+        responses = together.execute(run)
+        if responses is None:
+            undo()
+            return None
+    return [RequestOutcome(response, request.content_id) for request, response in zip(run, responses, strict=True)]
 
 
 def _run_changeset(

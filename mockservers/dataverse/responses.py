@@ -39,6 +39,9 @@ API_PATH = "/api/data/v9.2"
 MAX_PAGE_SIZE = 5000
 COUNT_LIMIT = 5000
 BULK_ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
+# Headers that leave a batch create as plain as one without them (anything else: it runs on its own).
+_PLAIN_CREATE_HEADERS = frozenset({"content-type", "content-length", "accept", "odata-version", "odata-maxversion",
+                                   "content-transfer-encoding"})
 SYSTEM_QUERY_OPTIONS = ("$select", "$filter", "$orderby", "$top", "$expand", "$count", "$skiptoken", "$deltatoken")
 # Query options the real Web API answers and the sandbox does not emulate (yet): refused, never ignored.
 # https://learn.microsoft.com/power-apps/developer/data-platform/webapi/query/overview
@@ -85,6 +88,8 @@ class DataverseService:
         self.service_root = service_root.rstrip("/")
         self.serializer = Serializer(self.schema, backend, self.service_root)
         self.tx = backend.transactions
+        # A batch's consecutive plain creates are written together (answers as one by one); off, one by one.
+        self.group_creates = True
         self._csdl: str | None = None
 
     # -- transactions ------------------------------------------------------------------------
@@ -603,6 +608,39 @@ class DataverseService:
         raise exc.bad_request(f"Each item in 'Targets' must identify the record ({entity.key} or @odata.id).")
 
     # -- $batch ------------------------------------------------------------------------------
+    def _create_run_key(self, inner: batch_protocol.InnerRequest) -> str | None:
+        """The table a batch request creates a row in, when it is a plain create (a POST of a JSON body
+        to an entity set, no query options, no headers beyond the content's): such creates in a row may
+        be written together. None for anything else."""
+        if inner.method.upper() != "POST" or any(name.lower() not in _PLAIN_CREATE_HEADERS for name, _ in
+                                                 inner.headers.items()):
+            return None
+        path, _, query = batch_protocol.service_path(inner.url, API_PATH).partition("?")
+        name = unquote(path[len(API_PATH):].strip("/")) if path.startswith(API_PATH + "/") else ""
+        if query or not name or not name.isidentifier() or self.schema.by_set(name) is None:
+            return None
+        return name
+
+    def _create_together(self, req: Request, run: list[batch_protocol.InnerRequest],
+                         ) -> list[batch_protocol.InnerResponse] | None:
+        """A run of plain creates in one block (``create_many``), answered as ``create`` answers each;
+        None when any of them fails."""
+        path = batch_protocol.service_path(run[0].url, API_PATH).partition("?")[0]
+        entity = self.schema.by_set(unquote(path[len(API_PATH):].strip("/")))
+        assert entity is not None
+        try:
+            bodies = [parse_json(inner.body) for inner in run]
+            with self.connection(True) as conn:
+                rows = self.backend.create_many(conn, entity, bodies, caller=req.caller)
+        except (InvalidJson, DataverseError, engine.ODataError):
+            return None
+        answers = []
+        for row in rows:
+            uri = self._entity_id(entity, row)
+            answers.append(batch_protocol.InnerResponse(204, [("OData-Version", "4.0"), ("OData-EntityId", uri),
+                                                              ("Location", uri)]))
+        return answers
+
     def batch(self, req: Request) -> Result:
         content_type = req.headers.get("Content-Type", "")
         try:
@@ -639,13 +677,16 @@ class DataverseService:
 
         writes = any(inner.method.upper() != "GET" for part in parts
                      for inner in (part.requests if isinstance(part, batch_protocol.Changeset) else [part]))
+        together = batch_protocol.RunTogether(self._create_run_key, lambda run: self._create_together(req, run))
         try:
             # With writes, one transaction for the batch and a savepoint for each request: a failed
             # request leaves nothing behind, the others keep their writes (visible when the batch ends).
+            # Consecutive plain creates in one table are written together, answered as one by one.
             with self.tx.shared() if writes else contextlib.nullcontext():
                 outcome = batch_protocol.run_batch(
                     parts, continue_on_error="odata.continue-on-error" in prefs, execute=execute,
                     changeset_scope=self.changeset, request_scope=self.tx.apart if writes else None,
+                    together=together if self.group_creates else None,
                 )
         except batch_protocol.BatchFormatError as error:
             raise DataverseError(error.status, error.code, error.message) from error
