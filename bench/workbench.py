@@ -26,6 +26,7 @@ from typing import Any
 
 import tomli_w
 
+from mockservers.server import freeze_startup_heap
 from mockservers.testing import RunningSandbox, start_sandbox
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,6 +99,8 @@ def sandbox_from(template: Template | None, directory: Path, *, mode: str = "liv
     directory.mkdir(parents=True, exist_ok=True)
     sandbox = start_sandbox(directory / "sandbox", mode=mode, fixture=None, tls=tls,  # type: ignore[arg-type]
                             template=template.directory if template else None)
+    if mode == "live":  # served as `mockservers serve` serves it (the benchmark's process is ours)
+        freeze_startup_heap()
     try:
         if not limits:
             for name in SERVICES:

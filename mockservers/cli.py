@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from urllib3.util.retry import Retry
 
 from .sandbox.fixtures import FixtureError, UnknownFixture
-from .server import Sandbox, SandboxConfig
+from .server import Sandbox, SandboxConfig, freeze_startup_heap
 from .server.lock import DataDirLocked
 from .server.wsgi import BindError, access_logger
 
@@ -95,6 +95,7 @@ def serve(data_dir: Path, seed: bool, fixture: str, fixtures_dirs: tuple[Path, .
     except SQLAlchemyError as error:
         raise click.ClickException(f"cannot open the database: {str(error).splitlines()[0]}; check --db-url / "
                                    "--bc-db-url") from None
+    freeze_startup_heap()
     console.print(f"[bold]bc-dataverse-sandbox[/bold] running (state in {data_dir.resolve()})")
     console.print(f"  identity   {info['identity']['url']}  tenant {info['tenant_id']}")
     console.print(f"  dataverse  {info['dataverse']['api_root']}")

@@ -3,6 +3,6 @@
 Nothing inside ``mockservers`` imports this package; it imports the services.
 """
 
-from .sandbox import Sandbox, SandboxConfig
+from .sandbox import Sandbox, SandboxConfig, freeze_startup_heap
 
-__all__ = ["Sandbox", "SandboxConfig"]
+__all__ = ["Sandbox", "SandboxConfig", "freeze_startup_heap"]

@@ -9,6 +9,7 @@ URLs are ``https://<service>.<host>`` and the testing kit routes requests to the
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import secrets
@@ -244,3 +245,13 @@ class Sandbox:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def freeze_startup_heap() -> None:
+    """For a process that only serves the sandbox (``mockservers serve``): what exists once it has
+    started (schemas, tables, compiled statements, the apps; about 190,000 objects) lives as long as
+    the process, so the cyclic garbage collector stops walking it on every full collection. Measured
+    on a BC ``$batch`` of 100 creates: 24 -> 20 ms. Not done for a sandbox inside someone else's
+    process (in-process mode, tests), whose objects are not ours to freeze."""
+    gc.collect()
+    gc.freeze()
