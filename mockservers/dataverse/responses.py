@@ -39,9 +39,10 @@ API_PATH = "/api/data/v9.2"
 MAX_PAGE_SIZE = 5000
 COUNT_LIMIT = 5000
 BULK_ACTIONS = ("CreateMultiple", "UpdateMultiple", "UpsertMultiple")
-# Headers that leave a batch create as plain as one without them (anything else: it runs on its own).
-_PLAIN_CREATE_HEADERS = frozenset({"content-type", "content-length", "accept", "odata-version", "odata-maxversion",
-                                   "content-transfer-encoding"})
+# Headers that leave a batch write as plain as one without them (anything else: it runs on its own).
+# Prefer is part of the run's key: every write of a run asks for the same answer.
+_PLAIN_WRITE_HEADERS = frozenset({"content-type", "content-length", "accept", "odata-version", "odata-maxversion",
+                                  "content-transfer-encoding", "prefer"})
 SYSTEM_QUERY_OPTIONS = ("$select", "$filter", "$orderby", "$top", "$expand", "$count", "$skiptoken", "$deltatoken")
 # Query options the real Web API answers and the sandbox does not emulate (yet): refused, never ignored.
 # https://learn.microsoft.com/power-apps/developer/data-platform/webapi/query/overview
@@ -88,7 +89,8 @@ class DataverseService:
         self.service_root = service_root.rstrip("/")
         self.serializer = Serializer(self.schema, backend, self.service_root)
         self.tx = backend.transactions
-        # A batch's consecutive plain creates are written together (answers as one by one); off, one by one.
+        # A batch's consecutive plain creates and upserts are written together (answers as one by one);
+        # off, one by one.
         self.group_creates = True
         self._csdl: str | None = None
 
@@ -608,38 +610,88 @@ class DataverseService:
         raise exc.bad_request(f"Each item in 'Targets' must identify the record ({entity.key} or @odata.id).")
 
     # -- $batch ------------------------------------------------------------------------------
-    def _create_run_key(self, inner: batch_protocol.InnerRequest) -> str | None:
-        """The table a batch request creates a row in, when it is a plain create (a POST of a JSON body
-        to an entity set, no query options, no headers beyond the content's): such creates in a row may
-        be written together. None for anything else."""
-        if inner.method.upper() != "POST" or any(name.lower() not in _PLAIN_CREATE_HEADERS for name, _ in
-                                                 inner.headers.items()):
+    @staticmethod
+    def _sub_request(req: Request, inner: batch_protocol.InnerRequest) -> Request | None:
+        """A batch request as a request of its own (None when its URL is outside the Web API root)."""
+        path, _, query = batch_protocol.service_path(inner.url, API_PATH).partition("?")
+        if not path.startswith(API_PATH):
+            return None
+        return Request(
+            method=inner.method.upper(),
+            path=unquote(path[len(API_PATH):].lstrip("/")),
+            args=MultiDict(parse_qsl(query, keep_blank_values=True)),
+            headers=inner.headers if isinstance(inner.headers, Headers) else Headers(inner.headers),
+            body=inner.body,
+            caller=req.caller,
+        )
+
+    @staticmethod
+    def _inner_response(inner: batch_protocol.InnerRequest, result: Result) -> batch_protocol.InnerResponse:
+        if result.status == 204 and any(h[0] == "OData-EntityId" for h in result.headers) and inner.method == "POST":
+            result.headers.append(("Location", dict(result.headers)["OData-EntityId"]))
+        return batch_protocol.InnerResponse(result.status, [("OData-Version", "4.0"), *result.headers], result.body)
+
+    def _run_key(self, inner: batch_protocol.InnerRequest) -> str | None:
+        """What a batch request writes, when it is a plain write that may go with the like ones next to
+        it: a create (POST of a JSON body to an entity set, no query options) or an upsert by id (PATCH
+        of a JSON body to ``set(id)``, at most ``$select``, no If-Match or If-None-Match), with no headers
+        beyond the content's and ``Prefer``. None for anything else (it runs on its own)."""
+        method = inner.method.upper()
+        if (method not in ("POST", "PATCH") or len(inner.url) > batch_protocol.MAX_URL_LENGTH
+                or any(name.lower() not in _PLAIN_WRITE_HEADERS for name, _ in inner.headers.items())):
             return None
         path, _, query = batch_protocol.service_path(inner.url, API_PATH).partition("?")
         name = unquote(path[len(API_PATH):].strip("/")) if path.startswith(API_PATH + "/") else ""
-        if query or not name or not name.isidentifier() or self.schema.by_set(name) is None:
-            return None
-        return name
-
-    def _create_together(self, req: Request, run: list[batch_protocol.InnerRequest],
-                         ) -> list[batch_protocol.InnerResponse] | None:
-        """A run of plain creates in one block (``create_many``), answered as ``create`` answers each;
-        None when any of them fails."""
-        path = batch_protocol.service_path(run[0].url, API_PATH).partition("?")[0]
-        entity = self.schema.by_set(unquote(path[len(API_PATH):].strip("/")))
-        assert entity is not None
         try:
+            segments = split_path(name) if name else []
+        except engine.ODataError:
+            return None
+        if len(segments) != 1 or self.schema.by_set(segments[0].name) is None:
+            return None
+        head = segments[0]
+        if method == "POST" and (head.key is not None or query):
+            return None
+        if method == "PATCH" and (head.key is None or any(k != "$select" for k, _ in parse_qsl(query))):
+            return None
+        return f"{method} {head.name}?{query} {inner.headers.get('Prefer', '')}"
+
+    def _write_together(self, req: Request, run: list[batch_protocol.InnerRequest],
+                        ) -> list[batch_protocol.InnerResponse] | None:
+        """A run of like writes (``_run_key``) in one block: creates through ``create_many``, upserts
+        through ``upsert_many``, each answered as ``create`` or ``upsert`` answers it alone; None when
+        any of them fails."""
+        subs = [self._sub_request(req, inner) for inner in run]
+        first = subs[0]
+        assert first is not None and all(sub is not None for sub in subs)
+        head = split_path(first.path)[0]
+        entity = self.schema.by_set(head.name)
+        assert entity is not None
+        prefs = parse_prefer(first.headers)
+        results: list[Result] = []
+        try:
+            opts = self._write_options(first, entity)
             bodies = [parse_json(inner.body) for inner in run]
             with self.connection(True) as conn:
-                rows = self.backend.create_many(conn, entity, bodies, caller=req.caller)
+                if first.method == "POST":
+                    rows = self.backend.create_many(conn, entity, bodies, caller=req.caller)
+                    written = [(row, True) for row in rows]
+                else:
+                    keys = [parse_key(split_path(sub.path)[0].key or "") for sub in subs if sub is not None]
+                    written = self.backend.upsert_many(conn, entity, list(zip(keys, bodies, strict=True)),
+                                                       caller=req.caller)
+                for (row, created), sub in zip(written, subs, strict=True):
+                    assert sub is not None
+                    if prefs.get("return") == "representation":
+                        results.append(self._representation(conn, entity, row, 201 if created else 200, opts))
+                    elif first.method == "POST":
+                        results.append(Result(204, [("OData-EntityId", self._entity_id(entity, row))]))
+                    else:
+                        key_text = split_path(sub.path)[0].key
+                        results.append(Result(204, [("OData-EntityId",
+                                                     f"{self.service_root}/{entity.set_name}({key_text})")]))
         except (InvalidJson, DataverseError, engine.ODataError):
             return None
-        answers = []
-        for row in rows:
-            uri = self._entity_id(entity, row)
-            answers.append(batch_protocol.InnerResponse(204, [("OData-Version", "4.0"), ("OData-EntityId", uri),
-                                                              ("Location", uri)]))
-        return answers
+        return [self._inner_response(inner, result) for inner, result in zip(run, results, strict=True)]
 
     def batch(self, req: Request) -> Result:
         content_type = req.headers.get("Content-Type", "")
@@ -651,37 +703,26 @@ class DataverseService:
         prefs = parse_prefer(req.headers)
 
         def execute(inner: batch_protocol.InnerRequest) -> batch_protocol.InnerResponse:
-            target = batch_protocol.service_path(inner.url, API_PATH)
-            path, _, query = target.partition("?")
-            if not path.startswith(API_PATH):
+            sub = self._sub_request(req, inner)
+            if sub is None:
                 return batch_protocol.error_response(400, exc.INVALID_ARGUMENT,
                                                      f"The URL '{inner.url}' is outside the Web API root.")
-            sub = Request(
-                method=inner.method.upper(),
-                path=unquote(path[len(API_PATH):].lstrip("/")),
-                args=MultiDict(parse_qsl(query, keep_blank_values=True)),
-                headers=inner.headers if isinstance(inner.headers, Headers) else Headers(inner.headers),
-                body=inner.body,
-                caller=req.caller,
-            )
             if sub.path == "$batch":
                 return batch_protocol.error_response(400, exc.NOT_SUPPORTED, "Nested $batch requests are not supported.")
             if len(inner.url) > batch_protocol.MAX_URL_LENGTH:
                 return batch_protocol.error_response(
                     414, "", f"The request URL is {len(inner.url):,} characters long; inside a $batch the maximum "
                              f"is {batch_protocol.MAX_URL_LENGTH:,}.")
-            result = self.handle(sub)
-            if result.status == 204 and any(h[0] == "OData-EntityId" for h in result.headers) and inner.method == "POST":
-                result.headers.append(("Location", dict(result.headers)["OData-EntityId"]))
-            return batch_protocol.InnerResponse(result.status, [("OData-Version", "4.0"), *result.headers], result.body)
+            return self._inner_response(inner, self.handle(sub))
 
         writes = any(inner.method.upper() != "GET" for part in parts
                      for inner in (part.requests if isinstance(part, batch_protocol.Changeset) else [part]))
-        together = batch_protocol.RunTogether(self._create_run_key, lambda run: self._create_together(req, run))
+        together = batch_protocol.RunTogether(self._run_key, lambda run: self._write_together(req, run))
         try:
             # With writes, one transaction for the batch and a savepoint for each request: a failed
             # request leaves nothing behind, the others keep their writes (visible when the batch ends).
-            # Consecutive plain creates in one table are written together, answered as one by one.
+            # Consecutive plain creates, or upserts by id, in one table are written together, answered
+            # as one by one.
             with self.tx.shared() if writes else contextlib.nullcontext():
                 outcome = batch_protocol.run_batch(
                     parts, continue_on_error="odata.continue-on-error" in prefs, execute=execute,
