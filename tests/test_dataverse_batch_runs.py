@@ -32,7 +32,8 @@ BOUNDARY = re.compile(r"(batchresponse|changesetresponse)_[0-9a-f-]{36}")
 DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get(POSTGRES_ENV) else [])
 Factory = Callable[..., RunningSandbox]
 CHOSEN = "7d0c3f9a-51b2-4c6e-8a41-5e2f0b9d1c37"  # an id the client picks for a row the batch creates
-SEEDED = "{seeded}"  # replaced by a seeded account's id
+SEEDED, SEEDED_2 = "{seeded}", "{seeded 2}"  # replaced by seeded accounts' ids
+ETAG_OF, ETAG_OF_2 = "{etag}", "{etag 2}"  # and by their ETags as each sandbox has them
 
 
 def post(body: dict[str, Any], entity_set: str = "accounts", **headers: str) -> str:
@@ -102,6 +103,19 @@ SCENARIOS: dict[str, tuple[list[str], bool]] = {
         patch(str(uuid.UUID(int=4)), {"name": "Not there"}, **{"If-Match": "*"}),
         patch(str(uuid.UUID(int=5)), {"name": "Plain five"}), patch(str(uuid.UUID(int=6)), {"name": "Plain six"}),
         post({"name": "A create between"}), patch(str(uuid.UUID(int=9)), {"name": "Plain nine"})], True),
+    "updates, each with its own ETag": ([
+        patch(SEEDED, {"telephone1": "555-0201"}, **{"If-Match": ETAG_OF}),
+        patch(SEEDED_2, {"telephone1": "555-0202"}, **{"If-Match": ETAG_OF_2}),
+        patch(str(uuid.UUID(int=3)), {"name": "Created between"}),
+        patch(SEEDED, {"name": "Renamed"}, "?$select=name", **{"If-Match": "*"})], False),
+    "an ETag gone stale within the run": ([
+        patch(SEEDED, {"telephone1": "555-0301"}, **{"If-Match": ETAG_OF}),
+        patch(SEEDED, {"telephone1": "555-0302"}, **{"If-Match": ETAG_OF}),
+        patch(SEEDED_2, {"telephone1": "555-0303"}, **{"If-Match": ETAG_OF_2})], True),
+    "an If-Match on a row that is not there": ([
+        patch(SEEDED, {"telephone1": "555-0401"}, **{"If-Match": ETAG_OF}),
+        patch(str(uuid.UUID(int=4)), {"name": "Not there"}, **{"If-Match": "*"}),
+        patch(SEEDED_2, {"telephone1": "555-0403"}, **{"If-Match": ETAG_OF_2})], True),
 }
 
 
@@ -117,7 +131,7 @@ def service(sandbox: RunningSandbox) -> Any:
     return sandbox.sandbox.apps["dataverse"].extensions["dataverse"]["service"]
 
 
-def body_of(requests_: list[str], seeded: str) -> bytes:
+def body_of(requests_: list[str], values: dict[str, str]) -> bytes:
     parts: list[str] = []
     open_changeset = False
     for request_ in requests_:
@@ -127,7 +141,9 @@ def body_of(requests_: list[str], seeded: str) -> bytes:
         if open_changeset and not in_changeset:
             parts.append("--changeset--\r\n")
         open_changeset = in_changeset
-        text = request_.removeprefix("changeset:").replace(SEEDED, seeded)
+        text = request_.removeprefix("changeset:")
+        for placeholder, value in values.items():
+            text = text.replace(placeholder, value)
         boundary = "changeset" if in_changeset else "batch"
         extra = f"Content-ID: {len(parts)}\r\n" if in_changeset else ""
         parts.append(f"--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n"
@@ -137,11 +153,12 @@ def body_of(requests_: list[str], seeded: str) -> bytes:
     return ("".join(parts) + "--batch--\r\n").encode()
 
 
-def run_batch(sandbox: RunningSandbox, requests_: list[str], continue_on_error: bool, seeded: str) -> tuple[int, str]:
+def run_batch(sandbox: RunningSandbox, requests_: list[str], continue_on_error: bool,
+              values: dict[str, str]) -> tuple[int, str]:
     headers = {"Content-Type": "multipart/mixed; boundary=batch"}
     if continue_on_error:
         headers["Prefer"] = "odata.continue-on-error"
-    response = sandbox.session().post(f"{sandbox.api}/$batch", data=body_of(requests_, seeded), headers=headers)
+    response = sandbox.session().post(f"{sandbox.api}/$batch", data=body_of(requests_, values), headers=headers)
     return response.status_code, response.text
 
 
@@ -166,13 +183,17 @@ def test_writes_together_answer_as_writes_alone(pair: tuple[RunningSandbox, Runn
     grouped, alone = pair
     assert service(grouped).group_creates
     requests_, continue_on_error = SCENARIOS[name]
-    seeded_rows = grouped.session().get(f"{grouped.api}/accounts?$select=accountid&$orderby=name").json()["value"]
-    before = {r["accountid"] for r in seeded_rows}
-    seeded = seeded_rows[0]["accountid"]
-    results = [run_batch(sandbox, requests_, continue_on_error, seeded) for sandbox in (grouped, alone)]
+    results, befores = [], []
+    for sandbox in (grouped, alone):
+        seeded = sandbox.session().get(f"{sandbox.api}/accounts?$select=accountid&$orderby=name").json()["value"]
+        before = {r["accountid"] for r in seeded}
+        values = {SEEDED: seeded[0]["accountid"], SEEDED_2: seeded[1]["accountid"],
+                  ETAG_OF: seeded[0]["@odata.etag"], ETAG_OF_2: seeded[1]["@odata.etag"]}
+        results.append(run_batch(sandbox, requests_, continue_on_error, values))
+        befores.append(before)
     assert results[0][0] == results[1][0]
     assert comparable(grouped, results[0][1]) == comparable(alone, results[1][1])
-    assert comparable(grouped, accounts(grouped, before)) == comparable(alone, accounts(alone, before))
+    assert comparable(grouped, accounts(grouped, befores[0])) == comparable(alone, accounts(alone, befores[1]))
     assert re.search(r"HTTP/1\.1 20[14] ", results[0][1])  # every scenario writes something
 
 
@@ -194,7 +215,7 @@ def test_a_run_is_one_insert(sandbox_factory: Factory, method: str) -> None:
         tag = uuid.uuid4().hex[:6]
         writes = ([post({"name": f"Row {tag} {i}"}) for i in range(50)] if method == "POST" else
                   [patch(str(uuid.uuid4()), {"name": f"Row {tag} {i}"}) for i in range(50)])
-        status, text = run_batch(sandbox, writes, False, "")
+        status, text = run_batch(sandbox, writes, False, {})
     finally:
         sa.event.remove(engine, "before_cursor_execute", capture)
     assert status == 200 and text.count("HTTP/1.1 204") == 50

@@ -685,11 +685,13 @@ class DataverseBackend:
         return self.create(conn, entity, body, caller=caller, key_values=key_values), True
 
     def upsert_many(self, conn: Connection, entity: EntityType, targets: list[tuple[KeyPredicate, Any]], *,
-                    caller: Caller, if_match: str | None = None) -> list[tuple[Row, bool]]:
+                    caller: Caller, if_match: str | None = None,
+                    if_matches: list[str | None] | None = None) -> list[tuple[Row, bool]]:
         """UpsertMultiple and UpdateMultiple: ``upsert`` for each target in turn. The rows named by id are
         read in one query; consecutive creates are written a block at a time, and the block is written
         before anything else (an update, a repeated key, a body that may read it), so each target sees
-        every earlier one as one-by-one upserts would."""
+        every earlier one as one-by-one upserts would. ``if_matches`` gives each target its own
+        ``If-Match`` (a ``$batch`` of PATCHes), else ``if_match`` is every target's."""
         ids = [self.guid(key.single) for key, _ in targets if not key.named and key.single is not None]
         known = self.store.get_many(conn, entity, ids)
         seen: set[str] = set()
@@ -705,6 +707,8 @@ class DataverseBackend:
                 pending.clear()
 
         for index, (key, body) in enumerate(targets):
+            if if_matches is not None:
+                if_match = if_matches[index]
             key_id = None if key.named or key.single is None else self.guid(key.single)
             row = known.get(key_id) if key_id is not None else None
             if row is not None and key_id not in seen:

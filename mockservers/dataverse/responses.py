@@ -634,11 +634,12 @@ class DataverseService:
     def _run_key(self, inner: batch_protocol.InnerRequest) -> str | None:
         """What a batch request writes, when it is a plain write that may go with the like ones next to
         it: a create (POST of a JSON body to an entity set, no query options) or an upsert by id (PATCH
-        of a JSON body to ``set(id)``, at most ``$select``, no If-Match or If-None-Match), with no headers
-        beyond the content's and ``Prefer``. None for anything else (it runs on its own)."""
+        of a JSON body to ``set(id)``, at most ``$select``, its own If-Match if any, no If-None-Match),
+        with no headers beyond the content's and ``Prefer``. None for anything else (it runs on its own)."""
         method = inner.method.upper()
+        allowed = _PLAIN_WRITE_HEADERS | {"if-match"} if method == "PATCH" else _PLAIN_WRITE_HEADERS
         if (method not in ("POST", "PATCH") or len(inner.url) > batch_protocol.MAX_URL_LENGTH
-                or any(name.lower() not in _PLAIN_WRITE_HEADERS for name, _ in inner.headers.items())):
+                or any(name.lower() not in allowed for name, _ in inner.headers.items())):
             return None
         path, _, query = batch_protocol.service_path(inner.url, API_PATH).partition("?")
         name = unquote(path[len(API_PATH):].strip("/")) if path.startswith(API_PATH + "/") else ""
@@ -677,8 +678,9 @@ class DataverseService:
                     written = [(row, True) for row in rows]
                 else:
                     keys = [parse_key(split_path(sub.path)[0].key or "") for sub in subs if sub is not None]
-                    written = self.backend.upsert_many(conn, entity, list(zip(keys, bodies, strict=True)),
-                                                       caller=req.caller)
+                    written = self.backend.upsert_many(
+                        conn, entity, list(zip(keys, bodies, strict=True)), caller=req.caller,
+                        if_matches=[sub.headers.get("If-Match") for sub in subs if sub is not None])
                 for (row, created), sub in zip(written, subs, strict=True):
                     assert sub is not None
                     if prefs.get("return") == "representation":
