@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from mockservers.odata.csdl import render_csdl, xml_name
+from mockservers.odata.csdl import enum_spellings, render_csdl, xml_name
 from mockservers.odata.schema import (
     AlternateKey,
     Edm,
@@ -326,3 +326,16 @@ def test_malformed_extra_schema_xml_is_refused() -> None:
 )
 def test_xml_name_escapes_like_bc(label: str, expected: str) -> None:
     assert xml_name(label) == expected
+
+
+def test_enum_spellings_are_kept_per_option_set_and_follow_an_extended_one() -> None:
+    """The spellings are cached per option set. An extended set (a new value, as Dataverse's
+    InsertOptionValue makes) answers with its new member; the old one stays as it was."""
+    blocked = OptionSet("Blocked", (Option(0, " "), Option(1, "Ship")))
+    assert enum_spellings(blocked) == {" ": "_x0020_", "_x0020_": "_x0020_", "ship": "Ship"}
+    assert enum_spellings(blocked) is enum_spellings(OptionSet("Blocked", (Option(0, " "), Option(1, "Ship"))))
+    extended = OptionSet("Blocked", (*blocked.options, Option(2, "All")))
+    assert enum_spellings(extended).get("all") == "All"
+    assert enum_spellings(blocked).get("all") is None
+    with pytest.raises(TypeError):  # shared by every caller: read-only
+        enum_spellings(blocked)["all"] = "All"  # type: ignore[index]

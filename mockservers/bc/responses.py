@@ -78,6 +78,7 @@ class BCService:
         self.max_page_size = max_page_size
         self.webhooks = webhooks
         self._csdl: dict[bool, str] = {}
+        self._entity_sets: dict[bool, dict[str, EntityType]] = {}
         # A batch's consecutive creates are written together (answers as one by one); off, one by one.
         self.group_creates = True
         self._deferring: contextvars.ContextVar[bool] = contextvars.ContextVar(f"bc_deferring_{id(self)}",
@@ -125,14 +126,13 @@ class BCService:
         return Route(root, api, tenant, environment, rest)
 
     def _entities(self, route: Route) -> dict[str, EntityType]:
-        """Entity sets served under this API route (standard v2.0 or the custom route)."""
-        sets = {}
-        for entity in self.schema:
-            if entity.name == "company":
-                continue
-            is_custom = entity_info(entity).api_route == "custom"
-            if is_custom == route.custom:
-                sets[entity.set_name] = entity
+        """Entity sets served under this API route (standard v2.0 or the custom route); the schema is
+        fixed, so each route's are found once."""
+        sets = self._entity_sets.get(route.custom)
+        if sets is None:
+            sets = {entity.set_name: entity for entity in self.schema if entity.name != "company"
+                    and (entity_info(entity).api_route == "custom") == route.custom}
+            self._entity_sets[route.custom] = sets
         return sets
 
     def _dispatch(self, req: Request) -> Result:

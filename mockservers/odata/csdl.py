@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from functools import lru_cache
+from types import MappingProxyType
 
 from mockservers.odata.schema import Edm, EntityType, Navigation, OptionSet, Property, Schema
 
@@ -39,14 +42,17 @@ def xml_name(label: str) -> str:
     return "".join(out)
 
 
-def enum_spellings(options: OptionSet) -> dict[str, str]:
-    """Accepted spellings of each member (plain or escaped, any case) -> the escaped name on the wire."""
+@lru_cache(maxsize=1024)
+def enum_spellings(options: OptionSet) -> Mapping[str, str]:
+    """Accepted spellings of each member (plain or escaped, any case) -> the escaped name on the wire.
+    Kept per option set (a frozen value: an extended set is a new one), as every enum value written
+    or compared looks it up."""
     spellings: dict[str, str] = {}
     for option in options.options:
         escaped = xml_name(option.label)
         for spelling in (option.label, escaped):
             spellings[spelling.lower()] = escaped
-    return spellings
+    return MappingProxyType(spellings)
 
 
 def qualified(schema: Schema, name: str) -> str:
