@@ -75,6 +75,12 @@ def serve(data_dir: Path, seed: bool, fixture: str, fixtures_dirs: tuple[Path, .
         access_logger.addHandler(handler)
         access_logger.setLevel(logging.INFO)
         access_logger.propagate = False
+    # A plain list, not threading.Event: Event.set() from a signal handler deadlocks when the signal
+    # lands while the main thread holds the Event's lock inside Event.wait() (the process then
+    # ignores SIGTERM for good). Installed before the services answer: a SIGTERM that comes as soon
+    # as they do (a supervisor, a test) still stops the sandbox cleanly, lock released.
+    stop_signals: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stop_signals.append(signum))
     sandbox = Sandbox(config)
     try:
         info = sandbox.start()
@@ -108,11 +114,6 @@ def serve(data_dir: Path, seed: bool, fixture: str, fixtures_dirs: tuple[Path, .
         console.print(f"  export REQUESTS_CA_BUNDLE={info['ca_bundle']}")
     console.print(f"  details    {(data_dir / 'sandbox.json').resolve()}")
     console.print("Press Ctrl+C to stop.")
-    # A plain list, not threading.Event: Event.set() from a signal handler deadlocks when the signal
-    # lands while the main thread holds the Event's lock inside Event.wait() (the process then
-    # ignores SIGTERM for good).
-    stop_signals: list[int] = []
-    signal.signal(signal.SIGTERM, lambda signum, _frame: stop_signals.append(signum))
     try:
         while not stop_signals:
             time.sleep(0.2)

@@ -380,3 +380,21 @@ def test_info_without_a_sandbox_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("Error:"), result.stderr
     assert "sandbox.json" in result.stderr
+
+
+def test_a_sigterm_as_soon_as_the_services_answer_stops_cleanly(served: Served) -> None:
+    """A supervisor (or a test) may stop the sandbox the moment it is up: the SIGTERM handler is in
+    place before the services answer, so even then the sandbox stops itself, exit 0, lock released
+    (it used to be installed after the startup banner, and such a SIGTERM killed the process)."""
+    served.data_dir.mkdir(parents=True, exist_ok=True)
+    sandbox_json = served.data_dir / "sandbox.json"
+    served.log = served.data_dir.parent / "sigterm-serve.log"
+    with served.log.open("wb") as log:
+        served.process = subprocess.Popen(served.args(), stdout=log, stderr=subprocess.STDOUT,
+                                          cwd=served.data_dir.parent, preexec_fn=_default_sigint)
+    deadline = time.monotonic() + START_TIMEOUT
+    while not sandbox_json.is_file():  # written once the services answer: stop it right then
+        assert served.process.poll() is None and time.monotonic() < deadline, served.output()
+        time.sleep(0.002)
+    assert served.stop() == 0, served.output()
+    assert (served.data_dir / "sandbox.lock").read_text() == ""
