@@ -115,6 +115,19 @@ def postgres_databases(admin_url: str) -> Iterator[Databases]:
 
 
 @contextmanager
+def empty_database(leg: str, tmp_path: Path, which: str) -> Iterator[str]:
+    """The URL of a fresh, empty database: a SQLite file under ``tmp_path``, or (``leg``
+    "postgresql") the PostgreSQL database ``which`` ("dataverse", "bc", "connector") of a new set."""
+    if leg == "sqlite":
+        yield f"sqlite:///{tmp_path / f'{which}.db'}"
+        return
+    with postgres_databases(os.environ[POSTGRES_ENV]) as created:
+        url = getattr(created, which)
+        assert url is not None
+        yield url
+
+
+@contextmanager
 def twin_sandboxes(database: str, sandbox_factory: Callable[..., RunningSandbox],
                    frozen_at: datetime) -> Iterator[tuple[RunningSandbox, RunningSandbox]]:
     """Two fresh live sandboxes (plain HTTP) on the same seed, their clocks frozen at the same instant:

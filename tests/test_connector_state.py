@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from connector.store import Coupling, State
 from connector.store.models import Base
-from tests.conftest import POSTGRES_ENV, postgres_databases
+from tests.conftest import POSTGRES_ENV, empty_database
 
 DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get(POSTGRES_ENV) else [])
 
@@ -22,12 +22,8 @@ DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get(POSTGRES_ENV) else []
 @pytest.fixture(params=DATABASES)
 def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database for a connector state: a SQLite file, or a PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'state.db'}"
-        return
-    with postgres_databases(os.environ[POSTGRES_ENV]) as created:
-        assert created.connector is not None
-        yield created.connector
+    with empty_database(request.param, tmp_path, "connector") as url:
+        yield url
 
 
 def test_a_new_state_file_is_created_at_the_newest_revision(state_url: str) -> None:

@@ -39,7 +39,7 @@ from mockservers.odata.filter_syntax import CACHED_TEXT_LENGTH, parse_filter
 from mockservers.odata.schema import Edm, EntityType, Option, OptionSet, Property, Schema
 from mockservers.odata.storage import Store
 from mockservers.testing import RunningSandbox, start_sandbox
-from tests.conftest import POSTGRES_ENV, postgres_databases
+from tests.conftest import POSTGRES_ENV, empty_database, postgres_databases
 
 CUSTOMIZATIONS = Path(__file__).resolve().parents[1] / "fixtures" / "default" / "dataverse-customizations.json"
 DATABASES = ["sqlite"] + (["postgresql"] if os.environ.get(POSTGRES_ENV) else [])
@@ -53,12 +53,8 @@ def dataverse_schema() -> Schema:
 @pytest.fixture(params=DATABASES)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty database: a SQLite file, or (PostgreSQL leg) a PostgreSQL database."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'store.db'}"
-        return
-    with postgres_databases(os.environ[POSTGRES_ENV]) as created:
-        assert created.dataverse is not None
-        yield created.dataverse
+    with empty_database(request.param, tmp_path, "dataverse") as url:
+        yield url
 
 
 def reflected(engine: sa.Engine, table: str) -> dict[str, tuple[list[str], bool]]:

@@ -661,11 +661,13 @@ class DataverseService:
         """A run of like writes (``_run_key``) in one block: creates through ``create_many``, upserts
         through ``upsert_many``, each answered as ``create`` or ``upsert`` answers it alone; None when
         any of them fails."""
-        subs = [self._sub_request(req, inner) for inner in run]
-        first = subs[0]
-        assert first is not None and all(sub is not None for sub in subs)
-        head = split_path(first.path)[0]
-        entity = self.schema.by_set(head.name)
+        subs: list[Request] = []
+        for inner in run:
+            sub = self._sub_request(req, inner)
+            assert sub is not None  # _run_key admits only URLs under the Web API root
+            subs.append(sub)
+        first, heads = subs[0], [split_path(sub.path)[0] for sub in subs]
+        entity = self.schema.by_set(heads[0].name)
         assert entity is not None
         prefs = parse_prefer(first.headers)
         results: list[Result] = []
@@ -674,23 +676,21 @@ class DataverseService:
             bodies = [parse_json(inner.body) for inner in run]
             with self.connection(True) as conn:
                 if first.method == "POST":
-                    rows = self.backend.create_many(conn, entity, bodies, caller=req.caller)
-                    written = [(row, True) for row in rows]
+                    written = [(row, True) for row in self.backend.create_many(conn, entity, bodies,
+                                                                               caller=req.caller)]
                 else:
-                    keys = [parse_key(split_path(sub.path)[0].key or "") for sub in subs if sub is not None]
-                    written = self.backend.upsert_many(
-                        conn, entity, list(zip(keys, bodies, strict=True)), caller=req.caller,
-                        if_matches=[sub.headers.get("If-Match") for sub in subs if sub is not None])
-                for (row, created), sub in zip(written, subs, strict=True):
-                    assert sub is not None
+                    keys = [parse_key(head.key or "") for head in heads]
+                    written = self.backend.upsert_many(conn, entity, list(zip(keys, bodies, strict=True)),
+                                                       caller=req.caller,
+                                                       if_matches=[sub.headers.get("If-Match") for sub in subs])
+                for (row, created), head in zip(written, heads, strict=True):
                     if prefs.get("return") == "representation":
                         results.append(self._representation(conn, entity, row, 201 if created else 200, opts))
                     elif first.method == "POST":
                         results.append(Result(204, [("OData-EntityId", self._entity_id(entity, row))]))
                     else:
-                        key_text = split_path(sub.path)[0].key
                         results.append(Result(204, [("OData-EntityId",
-                                                     f"{self.service_root}/{entity.set_name}({key_text})")]))
+                                                     f"{self.service_root}/{entity.set_name}({head.key})")]))
         except (InvalidJson, DataverseError, engine.ODataError):
             return None
         return [self._inner_response(inner, result) for inner, result in zip(run, results, strict=True)]
