@@ -38,6 +38,8 @@ Row = dict[str, Any]
 FIRST_VERSION = 1001
 _TOUCHED = "sandbox_touched_entities"  # connection info: the entities this transaction wrote
 _VERSIONS = "sandbox_version_block"  # connection info: [next, last, size] of the versions this transaction holds
+# connection info: rows this transaction read by key, per entity, until it writes that entity (see ``get``)
+_ROWS_READ = "sandbox_rows_read"
 _MAX_VERSION_BLOCK = 1024
 _IN_CHUNK = 500  # values per IN list (SQLite's limit on bound parameters is far above)
 
@@ -97,7 +99,12 @@ def _text_type(max_length: int | None, dialect: str) -> sa.types.TypeEngine:
 def _transaction_over(conn: Connection) -> set[str] | None:
     """Forget what the connection held for the transaction that ends; returns the entities it wrote."""
     conn.info.pop(_VERSIONS, None)
+    conn.info.pop(_ROWS_READ, None)
     return conn.info.pop(_TOUCHED, None)
+
+
+def _forget_rows_read(conn: Connection) -> None:
+    conn.info.pop(_ROWS_READ, None)
 
 
 def _folded(column: sa.Column, value: Any) -> Any:
@@ -147,6 +154,8 @@ class Store:
         self.clock = clock or Clock()
         self.engine = db if isinstance(db, Engine) else database.create_engine(db)
         database.prepare_engine(self.engine)
+        if not sa.event.contains(self.engine, "begin", _forget_rows_read):  # however the last one ended
+            sa.event.listen(self.engine, "begin", _forget_rows_read)
         self.url = self.engine.url.render_as_string(hide_password=True)
         self.dialect = self.engine.dialect.name
         self.is_sqlite = self.dialect == "sqlite"
@@ -218,6 +227,9 @@ class Store:
 
     def _touch(self, conn: Connection, entity_name: str) -> None:
         conn.info.setdefault(_TOUCHED, set()).add(entity_name)
+        rows_read = conn.info.get(_ROWS_READ)
+        if rows_read:
+            rows_read.pop(entity_name, None)
         with self._generation_lock:
             self._generations[entity_name] = self._generations.get(entity_name, 0) + 1
 
@@ -244,6 +256,7 @@ class Store:
         except BaseException:
             nested.rollback()
             conn.info.pop(_VERSIONS, None)  # a block of versions drawn inside is given back
+            conn.info.pop(_ROWS_READ, None)  # rows read inside may have been written inside
             raise
         nested.commit()
 
@@ -406,10 +419,23 @@ class Store:
         return stmt
 
     def get(self, conn: Connection, entity: EntityType, key: str, scope: str | None = None) -> Row | None:
+        """The stored row with ``key``, or None.
+
+        A row found is remembered until this transaction writes the entity or ends: a write of a batch
+        binds hundreds of rows to the same company and prices them in the same currency, and the only
+        writer (or a read snapshot) sees the same row each time. A row not found is asked again."""
+        rows_read = conn.info.get(_ROWS_READ)
+        remembered = rows_read.get(entity.name, {}).get((key, scope)) if rows_read else None
+        if remembered is not None:
+            return dict(remembered)
         stmt = self._statement(("get", entity.name, scope is not None), lambda: self._get_statement(entity, scope))
         params = {"_key": key} if scope is None or not entity.scope_property else {"_key": key, "_scope": scope}
-        row = conn.execute(stmt, params).mappings().first()
-        return dict(row) if row is not None else None
+        found = conn.execute(stmt, params).mappings().first()
+        if found is None:
+            return None
+        row = dict(found)
+        conn.info.setdefault(_ROWS_READ, {}).setdefault(entity.name, {})[(key, scope)] = row
+        return dict(row)
 
     def get_many(self, conn: Connection, entity: EntityType, keys: Iterable[str], scope: str | None = None) -> dict[str, Row]:
         """The stored rows among ``keys``, by key (one query per few hundred keys)."""
