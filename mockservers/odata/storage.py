@@ -189,6 +189,8 @@ class Store:
     @contextmanager
     def _transaction(self, write: bool) -> Iterator[Connection]:
         session = self._session() if self._session is not None else None
+        if session is not None and not write and not session.in_transaction():
+            session = None  # a read on its own needs no request session (and is cheaper without one)
         with self._locked():
             if session is None:
                 with self.engine.connect() as conn:
