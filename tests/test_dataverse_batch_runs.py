@@ -17,6 +17,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -112,6 +113,16 @@ SCENARIOS: dict[str, tuple[list[str], bool]] = {
         patch(SEEDED, {"telephone1": "555-0301"}, **{"If-Match": ETAG_OF}),
         patch(SEEDED, {"telephone1": "555-0302"}, **{"If-Match": ETAG_OF}),
         patch(SEEDED_2, {"telephone1": "555-0303"}, **{"If-Match": ETAG_OF_2})], True),
+    "updates of several rows, money and a representation among them": ([
+        patch(SEEDED, {"revenue": 1000}, "?$select=revenue,revenue_base", Prefer="return=representation"),
+        patch(SEEDED_2, {"revenue": 2500, "name": "Second"}, "?$select=name,revenue", Prefer="return=representation"),
+        patch(SEEDED, {"telephone1": "555-0501"}),
+        patch(SEEDED_2, {"telephone1": "555-0502"}, **{"If-Match": ETAG_OF_2})], True),
+    "updates that change an alternate key, the second to the key the first took": ([
+        patch(SEEDED, {"telephone1": "555-0601"}),
+        patch(SEEDED, {"accountnumber": "TAKEN-1"}),
+        patch(SEEDED_2, {"accountnumber": "TAKEN-1"}),
+        patch(SEEDED_2, {"telephone1": "555-0602"})], True),
     "an If-Match on a row that is not there": ([
         patch(SEEDED, {"telephone1": "555-0401"}, **{"If-Match": ETAG_OF}),
         patch(str(uuid.UUID(int=4)), {"name": "Not there"}, **{"If-Match": "*"}),
@@ -197,26 +208,53 @@ def test_writes_together_answer_as_writes_alone(pair: tuple[RunningSandbox, Runn
     assert re.search(r"HTTP/1\.1 20[14] ", results[0][1])  # every scenario writes something
 
 
-@pytest.mark.parametrize("method", ["POST", "PATCH"])
-def test_a_run_is_one_insert(sandbox_factory: Factory, method: str) -> None:
-    """The grouping happens: a run of 50 creates (or upserts that create) writes its rows with one INSERT."""
+@contextmanager
+def statements(sandbox: RunningSandbox, prefix: str) -> Iterator[list[str]]:
+    """The SQL statements starting with ``prefix`` that the Dataverse store runs inside the block."""
     import sqlalchemy as sa
 
-    sandbox = sandbox_factory(mode="live", tls=False)
-    inserts: list[str] = []
+    seen: list[str] = []
 
     def capture(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith("INSERT INTO account "):
-            inserts.append(statement)
+        if statement.startswith(prefix):
+            seen.append(statement)
 
     engine = sandbox.sandbox.backends["dataverse"].store.engine
     sa.event.listen(engine, "before_cursor_execute", capture)
     try:
-        tag = uuid.uuid4().hex[:6]
-        writes = ([post({"name": f"Row {tag} {i}"}) for i in range(50)] if method == "POST" else
-                  [patch(str(uuid.uuid4()), {"name": f"Row {tag} {i}"}) for i in range(50)])
-        status, text = run_batch(sandbox, writes, False, {})
+        yield seen
     finally:
         sa.event.remove(engine, "before_cursor_execute", capture)
+
+
+def test_a_run_of_updates_is_one_update(sandbox_factory: Factory) -> None:
+    """A run of 50 plain updates of rows that exist (each with the ETag it read) writes them with one UPDATE."""
+    sandbox = sandbox_factory(mode="live", tls=False)
+    tag = uuid.uuid4().hex[:6]
+    keys = [str(uuid.uuid4()) for _ in range(50)]
+    status, _ = run_batch(sandbox, [patch(key, {"name": f"Row {tag} {i}"}) for i, key in enumerate(keys)], False, {})
+    assert status == 200
+    dv = sandbox.session()
+    etags = {row["accountid"]: row["@odata.etag"] for row in dv.get(
+        f"{sandbox.api}/accounts?$select=name&$filter=startswith(name,'Row {tag}')").json()["value"]}
+    with statements(sandbox, "UPDATE account ") as updates:
+        status, text = run_batch(sandbox, [patch(key, {"telephone1": f"555-{i:04d}"}, **{"If-Match": etags[key]})
+                                           for i, key in enumerate(keys)], False, {})
+    assert status == 200 and text.count("HTTP/1.1 204") == 50
+    assert len(updates) == 1
+    phones = {row["accountid"]: row["telephone1"] for row in dv.get(
+        f"{sandbox.api}/accounts?$select=telephone1&$filter=startswith(name,'Row {tag}')").json()["value"]}
+    assert phones == {key: f"555-{i:04d}" for i, key in enumerate(keys)}
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+def test_a_run_is_one_insert(sandbox_factory: Factory, method: str) -> None:
+    """The grouping happens: a run of 50 creates (or upserts that create) writes its rows with one INSERT."""
+    sandbox = sandbox_factory(mode="live", tls=False)
+    tag = uuid.uuid4().hex[:6]
+    writes = ([post({"name": f"Row {tag} {i}"}) for i in range(50)] if method == "POST" else
+              [patch(str(uuid.uuid4()), {"name": f"Row {tag} {i}"}) for i in range(50)])
+    with statements(sandbox, "INSERT INTO account ") as inserts:
+        status, text = run_batch(sandbox, writes, False, {})
     assert status == 200 and text.count("HTTP/1.1 204") == 50
     assert len(inserts) == 1

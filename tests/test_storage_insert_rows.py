@@ -156,3 +156,4 @@ def test_a_drawn_key_that_collides_is_still_refused_whole(tmp_path: Path) -> Non
         db.insert_rows(conn, line, [{"id": guid(2)}, {"id": DrawnKey(guid(1))}], A)
     with db.read() as conn:
         assert db.count(conn, line, A) == 1
+

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from mockservers.odata.schema import Edm, EntityType, Property, Schema
+from mockservers.odata.schema import AlternateKey, Edm, EntityType, Property, Schema
 from mockservers.odata.storage import Store
 from mockservers.testing import RunningSandbox
 from tests.conftest import POSTGRES_ENV, empty_database
@@ -26,7 +26,8 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, 
     """A store with one row: in a SQLite file or PostgreSQL (a connection per transaction), or in memory
     (one connection that every transaction reuses, so nothing may outlive a transaction on it)."""
     item = EntityType("item", "items", "id", [Property("id", Edm.Guid), Property("name", Edm.String, 50),
-                                               Property("version", Edm.Int64)], version_property="version")
+                                               Property("code", Edm.String, 20), Property("version", Edm.Int64)],
+                      version_property="version", alternate_keys=[AlternateKey("code", ("code",))])
     with ExitStack() as stack:
         url = "sqlite://" if request.param == "memory" else stack.enter_context(
             empty_database(request.param, tmp_path, "dataverse"))
@@ -120,6 +121,27 @@ def test_a_row_not_found_is_asked_again(db: tuple[Store, EntityType]) -> None:
         conn.execute(store.table(item).insert().values(id=OTHER, name="inserted past the store", version=1))
         found = store.get(conn, item, OTHER)
     assert found is not None and found["name"] == "inserted past the store"
+
+
+def test_rows_updated_together_are_written_as_one_by_one(db: tuple[Store, EntityType]) -> None:
+    """``update_rows``: consecutive versions in the order given, the rows back as stored; a change of an
+    alternate key, or one row twice, is refused before anything is written."""
+    store, item = db
+    with store.write() as conn:
+        other = store.insert(conn, item, {"id": OTHER, "name": "other", "code": "B"})
+        first = store.get(conn, item, KEY)
+        assert first is not None
+        written = store.update_rows(conn, item, [(OTHER, {"name": "other 2"}, other), (KEY, {"name": "first 2"}, first)])
+    assert [(r["id"], r["name"]) for r in written] == [(OTHER, "other 2"), (KEY, "first 2")]
+    assert written[1]["version"] == written[0]["version"] + 1 > other["version"]
+    with store.read() as conn:
+        assert store.get(conn, item, KEY) == written[1]
+    for refused in ([(KEY, {"code": "B"}, written[1])],
+                    [(KEY, {"name": "x"}, written[1]), (KEY, {"name": "y"}, written[1])]):
+        with pytest.raises(ValueError), store.write() as conn:
+            store.update_rows(conn, item, refused)
+    with store.read() as conn:
+        assert store.get(conn, item, KEY) == written[1]
 
 
 # -- through the service: a changeset that changes a row, then uses it -------------------------------

@@ -652,6 +652,12 @@ class DataverseBackend:
     def update(self, conn: Connection, entity: EntityType, key: str, body: Any, *, caller: Caller,
                if_version: int | None = None, existing: Row | None = None) -> Row:
         """``existing``: the row as this write transaction read it already (an upsert found it)."""
+        existing, values, deferred = self._update_values(conn, entity, key, body, caller, existing)
+        return self._write_update(conn, entity, key, existing, values, deferred, caller, if_version)
+
+    def _update_values(self, conn: Connection, entity: EntityType, key: str, body: Any, caller: Caller,
+                       existing: Row | None) -> tuple[Row, dict[str, Any], list[tuple[Navigation, Any]]]:
+        """An update's checks and column values, server columns included: (the row, values, deferred work)."""
         self.check_message(entity, "Update")
         self.authorize(caller, "Write", entity)
         if existing is None:
@@ -662,6 +668,10 @@ class DataverseBackend:
         _drop_create_only(entity, values)
         self._server_columns(conn, entity, values, caller, creating=False, existing=existing)
         self._system_required(entity, values, creating=False)
+        return existing, values, deferred
+
+    def _write_update(self, conn: Connection, entity: EntityType, key: str, existing: Row, values: dict[str, Any],
+                      deferred: list[tuple[Navigation, Any]], caller: Caller, if_version: int | None) -> Row:
         try:
             row = self.store.update(conn, entity, key, values, if_version=if_version, current=existing)
         except engine.ODataError as error:
@@ -688,53 +698,78 @@ class DataverseBackend:
                     caller: Caller, if_match: str | None = None,
                     if_matches: list[str | None] | None = None) -> list[tuple[Row, bool]]:
         """UpsertMultiple and UpdateMultiple: ``upsert`` for each target in turn. The rows named by id are
-        read in one query; consecutive creates are written a block at a time, and the block is written
-        before anything else (an update, a repeated key, a body that may read it), so each target sees
-        every earlier one as one-by-one upserts would. ``if_matches`` gives each target its own
-        ``If-Match`` (a ``$batch`` of PATCHes), else ``if_match`` is every target's."""
+        read in one query; consecutive creates, and consecutive plain updates (no alternate key changed, no
+        collection work, an ``If-Match`` the row holds), are written a block at a time, and a block is
+        written before anything else (the other kind, a repeated key, a body that may read it), so each
+        target sees every earlier one as one-by-one upserts would. ``if_matches`` gives each target its
+        own ``If-Match`` (a ``$batch`` of PATCHes), else ``if_match`` is every target's."""
         ids = [self.guid(key.single) for key, _ in targets if not key.named and key.single is not None]
         known = self.store.get_many(conn, entity, ids)
         seen: set[str] = set()
         results: dict[int, tuple[Row, bool]] = {}
-        pending: list[tuple[int, dict[str, Any], list[tuple[Navigation, Any]]]] = []
+        creates: list[tuple[int, dict[str, Any], list[tuple[Navigation, Any]]]] = []
+        updates: list[tuple[int, str, dict[str, Any], Row]] = []
+        key_columns = {name for alternate in entity.alternate_keys for name in alternate.properties}
 
-        def write_block() -> None:
-            if pending:
-                inserted = self._insert(conn, entity, [values for _, values, _ in pending])
-                for (index, _, deferred), row in zip(pending, inserted, strict=True):
+        def write_block() -> None:  # each block is taken first: a block that fails is not written twice
+            if creates:
+                block, creates[:] = creates[:], []
+                inserted = self._insert(conn, entity, [values for _, values, _ in block])
+                for (index, _, deferred), row in zip(block, inserted, strict=True):
                     self._created(conn, entity, row, deferred, caller)
                     results[index] = (row, True)
-                pending.clear()
+            if updates:
+                changes, updates[:] = updates[:], []
+                written = self.store.update_rows(conn, entity, [(key, values, row) for _, key, values, row in changes])
+                for (index, *_), row in zip(changes, written, strict=True):
+                    results[index] = (row, False)
 
         for index, (key, body) in enumerate(targets):
             if if_matches is not None:
                 if_match = if_matches[index]
             key_id = None if key.named or key.single is None else self.guid(key.single)
             row = known.get(key_id) if key_id is not None else None
-            if row is not None and key_id not in seen:
-                write_block()
-                results[index] = (self._update_found(conn, entity, key, body, row, caller=caller, if_match=if_match,
-                                                     if_none_match=None), False)
-            elif key_id is None or key_id in seen or self._writes_alone(entity, body):
-                write_block()
-                results[index] = self.upsert(conn, entity, key, body, caller=caller, if_match=if_match)
-            else:
-                try:
-                    if not pending:
+            try:
+                if row is not None and key_id not in seen:
+                    if creates:
+                        write_block()
+                    body, version = self._found_update(entity, key, body, if_match, if_none_match=None)
+                    stored_key = row[entity.key]
+                    if version is not None and version != row.get(entity.version_property or ""):
+                        write_block()  # refused as it would be alone (the version does not match)
+                        results[index] = (self.update(conn, entity, stored_key, body, caller=caller,
+                                                      if_version=version, existing=row), False)
+                    else:
+                        existing, values, deferred = self._update_values(conn, entity, stored_key, body, caller, row)
+                        if deferred or any(existing.get(name) != value for name, value in values.items()
+                                           if name in key_columns):
+                            write_block()
+                            results[index] = (self._write_update(conn, entity, stored_key, existing, values,
+                                                                 deferred, caller, version), False)
+                        else:
+                            updates.append((index, stored_key, values, existing))
+                elif key_id is None or key_id in seen or self._writes_alone(entity, body):
+                    write_block()
+                    results[index] = self.upsert(conn, entity, key, body, caller=caller, if_match=if_match)
+                else:
+                    if updates:
+                        write_block()
+                    if not creates:
                         self.check_message(entity, "Create")
                         self.authorize(caller, "Create", entity)
                     key_values = self._upsert_key_values(entity, key, if_match)
-                    pending.append((index, *self._new_row(conn, entity, body, caller, key_values)))
-                except Exception:
-                    write_block()  # an earlier target's refusal comes first
-                    raise
+                    creates.append((index, *self._new_row(conn, entity, body, caller, key_values)))
+            except Exception:
+                write_block()  # an earlier target's refusal comes first
+                raise
             if key_id is not None:
                 seen.add(key_id)
         write_block()
         return [results[index] for index in range(len(targets))]
 
-    def _update_found(self, conn: Connection, entity: EntityType, key: KeyPredicate, body: Any, row: Row, *,
-                      caller: Caller, if_match: str | None, if_none_match: str | None) -> Row:
+    def _found_update(self, entity: EntityType, key: KeyPredicate, body: Any, if_match: str | None,
+                      if_none_match: str | None) -> tuple[Any, int | None]:
+        """An upsert that found its row updates it: the body to write and the version ``If-Match`` holds it to."""
         if if_none_match == "*":
             raise DataverseError(412, exc.DUPLICATE_RECORD, "A record with matching key values already exists.")
         version = None
@@ -746,6 +781,11 @@ class DataverseBackend:
                                      "property provided.")
         if key.named and isinstance(body, dict):  # keys cannot change through themselves
             body = {k: v for k, v in body.items() if k not in key.named}
+        return body, version
+
+    def _update_found(self, conn: Connection, entity: EntityType, key: KeyPredicate, body: Any, row: Row, *,
+                      caller: Caller, if_match: str | None, if_none_match: str | None) -> Row:
+        body, version = self._found_update(entity, key, body, if_match, if_none_match)
         return self.update(conn, entity, row[entity.key], body, caller=caller, if_version=version, existing=row)
 
     def _upsert_key_values(self, entity: EntityType, key: KeyPredicate, if_match: str | None) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -497,7 +498,8 @@ class Store:
         row = conn.execute(self._statement(("find", entity.name, shape, scoped), build), params).mappings().all()
         return dict(row[0]) if len(row) == 1 else None
 
-    def _update_statement(self, entity: EntityType, columns: tuple[str, ...], scoped: bool, conditional: bool) -> Any:
+    def _update_statement(self, entity: EntityType, columns: tuple[str, ...], scoped: bool, conditional: bool,
+                          returning: bool = True) -> Any:
         table = self.table(entity)
         stmt = sa.update(table).where(table.c[entity.key] == sa.bindparam("_key"))
         if scoped:
@@ -506,7 +508,8 @@ class Store:
         if conditional:
             assert entity.version_property is not None
             stmt = stmt.where(table.c[entity.version_property] == sa.bindparam("_version"))
-        return stmt.values({name: sa.bindparam(f"_v_{name}") for name in columns}).returning(*table.c)
+        stmt = stmt.values({name: sa.bindparam(f"_v_{name}") for name in columns})
+        return stmt.returning(*table.c) if returning else stmt
 
     def _stamp(self, entity: EntityType, rows: Sequence[dict[str, Any]], conn: Connection, *, creating: bool) -> None:
         """The server columns of rows about to be written: consecutive versions, the time of the write."""
@@ -676,6 +679,42 @@ class Store:
                 raise NotFound(entity.name, key)
             raise VersionMismatch("The version of the existing record doesn't match the RowVersion property provided.")
         return dict(row)
+
+    def update_rows(self, conn: Connection, entity: EntityType, updates: Sequence[tuple[str, dict[str, Any], Row]],
+                    scope: str | None = None) -> list[Row]:
+        """Updates of distinct rows, each ``(key, values, current)`` with ``current`` the row as this write
+        transaction read it: what ``update`` does for each in turn, written with one statement per set of
+        columns. None may change an alternate key (those go through ``update``, which checks them)."""
+        keys = [key for key, _, _ in updates]
+        if len(set(keys)) != len(keys):
+            raise ValueError("update_rows writes distinct rows")
+        key_columns = {name for key in entity.alternate_keys for name in key.properties}
+        if any(current.get(name) != value for _, values, current in updates for name, value in values.items()
+               if name in key_columns):
+            raise ValueError("update_rows does not change alternate keys")
+        staged = [dict(values) for _, values, _ in updates]
+        self._stamp(entity, staged, conn, creating=False)
+        scoped = bool(entity.scope_property and scope is not None)
+        shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for key, values in zip(keys, staged, strict=True):
+            params = {f"_v_{name}": value for name, value in values.items()}
+            params["_key"] = key
+            if scoped:
+                params["_scope"] = scope
+            shapes.setdefault(tuple(sorted(values)), []).append(params)
+        for columns, params_list in shapes.items():
+            stmt = self._statement(("update_rows", entity.name, columns, scoped),
+                                   partial(self._update_statement, entity, columns, scoped, False, returning=False))
+            conn.execute(stmt, params_list)
+        stored = {str(key).lower(): row for key, row in self.get_many(conn, entity, keys, scope).items()}
+        rows = []
+        for key, values in zip(keys, staged, strict=True):
+            row = stored.get(str(key).lower())
+            if row is None or (entity.version_property and row[entity.version_property]
+                               != values[entity.version_property]):
+                raise NotFound(entity.name, key)  # not the row the caller read: it must not happen
+            rows.append(row)
+        return rows
 
     def delete(
         self,
