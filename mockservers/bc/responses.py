@@ -79,8 +79,8 @@ class BCService:
         self.webhooks = webhooks
         self._csdl: dict[bool, str] = {}
         self._entity_sets: dict[bool, dict[str, EntityType]] = {}
-        # A batch's consecutive creates are written together (answers as one by one); off, one by one.
-        self.group_creates = True
+        # A batch's consecutive writes run together (answers as one by one); off, each in its own savepoint.
+        self.group_writes = True
         self._deferring: contextvars.ContextVar[bool] = contextvars.ContextVar(f"bc_deferring_{id(self)}",
                                                                                default=False)
 
@@ -513,13 +513,36 @@ class BCService:
                     undo()
             responses.append(outcome)
 
+        def run_in_turn(items: list[Any]) -> None:
+            """Operations in one savepoint, one after the other, as long as each succeeds; at the first
+            that fails, all of them are undone and go one by one after all (the same answers: each
+            sees what the ones before it left, as it would alone)."""
+            if len(items) < 2:
+                for item in items:
+                    run_alone(item)
+                return
+            outcomes: list[dict[str, Any]] = []
+            with self.tx.apart() as undo:
+                for item in items:
+                    outcomes.append(self._batch_item(req, route, item, company_arg))
+                    if outcomes[-1]["status"] >= 400:
+                        undo()
+                        break
+            if len(outcomes) == len(items) and outcomes[-1]["status"] < 400:
+                responses.extend(outcomes)
+            else:
+                for item in items:
+                    run_alone(item)
+
         def run_each_apart() -> None:
             """Each operation stands alone: a failed one leaves nothing behind, the others keep their writes
             (one transaction for the batch, a savepoint for each operation, so the batch's writes become
             visible to other clients together, when it ends). Consecutive creates in one entity set and
-            company are written together (one savepoint, one INSERT), answered as if one by one; if any
-            of them fails, the run is rolled back and its creates go one by one after all."""
+            company are written together (one savepoint, one INSERT), and other consecutive operations run
+            in one savepoint, answered as if one by one; if any of them fails, the run is rolled back and
+            its operations go one by one after all."""
             run: list[tuple[Any, _Create]] = []
+            others: list[Any] = []
 
             def flush() -> None:
                 together = self._create_together([created for _, created in run]) if len(run) > 1 else None
@@ -530,18 +553,26 @@ class BCService:
                     responses.extend(self._outcome(item, result) for (item, _), result in zip(run, together,
                                                                                               strict=True))
                 run.clear()
+                run_in_turn(others)
+                others.clear()
 
             for item in requests_:
-                created = self._deferred_create(req, route, item, company_arg) if self.group_creates else None
+                if not self.group_writes:
+                    run_alone(item)
+                    continue
+                if others and isinstance(item, dict) and str(item.get("method", "")).upper() == "POST":
+                    flush()  # a create is checked against what the operations before it wrote
+                created = self._deferred_create(req, route, item, company_arg)
                 if created is not None and run and (run[0][1].entity, run[0][1].company.id) == (
                         created.entity, created.company.id):
                     run.append((item, created))
                     continue
-                flush()
+                if run or created is not None:
+                    flush()
                 if created is not None:
                     run.append((item, created))
                 else:
-                    run_alone(item)
+                    others.append(item)
             flush()
 
         if atomic:
