@@ -26,7 +26,8 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Store, 
     """A store with one row: in a SQLite file or PostgreSQL (a connection per transaction), or in memory
     (one connection that every transaction reuses, so nothing may outlive a transaction on it)."""
     item = EntityType("item", "items", "id", [Property("id", Edm.Guid), Property("name", Edm.String, 50),
-                                               Property("code", Edm.String, 20), Property("version", Edm.Int64)],
+                                               Property("code", Edm.String, 20), Property("note", Edm.String, 50),
+                                               Property("version", Edm.Int64)],
                       version_property="version", alternate_keys=[AlternateKey("code", ("code",))])
     with ExitStack() as stack:
         url = "sqlite://" if request.param == "memory" else stack.enter_context(
@@ -142,6 +143,35 @@ def test_rows_updated_together_are_written_as_one_by_one(db: tuple[Store, Entity
             store.update_rows(conn, item, refused)
     with store.read() as conn:
         assert store.get(conn, item, KEY) == written[1]
+
+
+@pytest.mark.parametrize("together", [False, True])
+def test_an_update_writes_only_the_columns_it_changes(db: tuple[Store, EntityType], together: bool) -> None:
+    """A column set to the value it holds is left out of the UPDATE (SQLite would rewrite each index on it);
+    the row still gets a new version, and a column that changes is written."""
+    store, item = db
+    statements: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.lstrip().startswith("UPDATE item"):
+            statements.append(statement)
+
+    with store.write() as conn:
+        before = store.get(conn, item, KEY)
+        assert before is not None
+        sa.event.listen(store.engine, "before_cursor_execute", capture)
+        try:
+            values = {"name": "first", "note": "A"}  # the name it has, a note it has not
+            after = (store.update_rows(conn, item, [(KEY, values, before)])[0] if together
+                     else store.update(conn, item, KEY, values, current=before))
+        finally:
+            sa.event.remove(store.engine, "before_cursor_execute", capture)
+    [update] = statements
+    assigned = update.split(" SET ", 1)[1].split(" WHERE ", 1)[0]
+    assert "note" in assigned and "name" not in assigned
+    assert (after["name"], after["note"]) == ("first", "A") and after["version"] > before["version"]
+    with store.read() as conn:
+        assert store.get(conn, item, KEY) == after
 
 
 # -- through the service: a changeset that changes a row, then uses it -------------------------------

@@ -42,6 +42,7 @@ _VERSIONS = "sandbox_version_block"  # connection info: [next, last, size] of th
 # connection info: rows this transaction read by key, per entity, until it writes that entity (see ``get``)
 _ROWS_READ = "sandbox_rows_read"
 _MAX_VERSION_BLOCK = 1024
+_MAX_STATEMENTS = 4096  # statements kept built, by shape
 _IN_CHUNK = 500  # values per IN list (SQLite's limit on bound parameters is far above)
 
 
@@ -102,6 +103,12 @@ def _transaction_over(conn: Connection) -> set[str] | None:
     conn.info.pop(_VERSIONS, None)
     conn.info.pop(_ROWS_READ, None)
     return conn.info.pop(_TOUCHED, None)
+
+
+def _changed(current: Row, values: dict[str, Any]) -> dict[str, Any]:
+    """The values an update writes: those that differ from the row's. A column set to what it holds is
+    left out of the statement, as the database would otherwise rewrite each index on it for nothing."""
+    return {name: value for name, value in values.items() if name not in current or current[name] != value}
 
 
 def _forget_rows_read(conn: Connection) -> None:
@@ -474,6 +481,8 @@ class Store:
         than running it."""
         stmt = self._statements.get(key)
         if stmt is None:
+            if len(self._statements) >= _MAX_STATEMENTS:  # updates take a shape per set of changed columns
+                self._statements.clear()
             stmt = self._statements[key] = build()
         return stmt
 
@@ -660,7 +669,7 @@ class Store:
         merged = {**current, **values}
         self._check_alternate_keys(conn, entity, merged, key, scope, changed=[
             name for name, value in values.items() if current.get(name) != value])
-        values = dict(values)
+        values = _changed(current, values)
         self._stamp(entity, [values], conn, creating=False)
         scoped = bool(entity.scope_property and scope is not None)
         conditional = bool(if_version is not None and entity.version_property)
@@ -692,7 +701,7 @@ class Store:
         if any(current.get(name) != value for _, values, current in updates for name, value in values.items()
                if name in key_columns):
             raise ValueError("update_rows does not change alternate keys")
-        staged = [dict(values) for _, values, _ in updates]
+        staged = [_changed(current, values) for _, values, current in updates]
         self._stamp(entity, staged, conn, creating=False)
         scoped = bool(entity.scope_property and scope is not None)
         shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
