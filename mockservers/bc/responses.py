@@ -679,7 +679,7 @@ class BCService:
         outcome: dict[str, Any] = {"id": item.get("id"), "status": result.status, "headers": out_headers}
         if result.body:
             try:
-                outcome["body"] = json.loads(result.body)
+                outcome["body"] = result.payload if result.payload is not None else json.loads(result.body)
             except ValueError:
                 outcome["body"] = result.body.decode("utf-8", "replace")
         return outcome

@@ -37,11 +37,15 @@ class Result:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     batch_operations: int | None = None  # for the request journal: operations a $batch carried
+    # The JSON value ``body`` encodes, when ``json`` made it: a batch that embeds the answer as a value
+    # takes it from here rather than decoding the body it was just encoded into.
+    payload: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None,
              content_type: str = JSON_TYPE) -> Result:
-        return cls(status, [("Content-Type", content_type), *(headers or [])], json.dumps(payload).encode())
+        return cls(status, [("Content-Type", content_type), *(headers or [])], json.dumps(payload).encode(),
+                   payload=payload)
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
