@@ -125,6 +125,7 @@ class ConnectorRun:
     output: Any
     requests: dict[str, int] = field(default_factory=dict)
     label: str = ""  # what the run stands for in the figures ("P1 full run")
+    served_seconds: float = 0.0  # the services' own time on its requests (journal durations, summed)
 
     @property
     def name(self) -> str:
@@ -208,10 +209,18 @@ class Workbench:
     def clear_journals(self) -> None:
         self.sandbox.journal.clear()
 
+    def _service_requests(self) -> list[Any]:
+        return [r for r in self.sandbox.journal.requests() if not r.path.startswith("/_sandbox")]
+
     def requests_made(self) -> dict[str, int]:
         """Requests per service since the journals were last cleared (the control API's own excluded)."""
-        counts = Counter(r.service for r in self.sandbox.journal.requests() if not r.path.startswith("/_sandbox"))
+        counts = Counter(r.service for r in self._service_requests())
         return {name: counts.get(name, 0) for name in SERVICES}
+
+    def served_seconds(self) -> float:
+        """The time the services spent answering those requests, from the journals' durations: what is left
+        of a run's wall time went to the connector and the transport."""
+        return sum(r.duration_ms for r in self._service_requests()) / 1000.0
 
     def connector(self, *args: str, measure: bool = True, label: str = "") -> ConnectorRun:
         """Run ``connector --config … ARGS --json``; with ``measure``, the journals are cleared first
@@ -222,7 +231,8 @@ class Workbench:
             seconds, peak, output = self._in_process(args)
         else:
             seconds, peak, output = self._child(args)
-        return ConnectorRun(tuple(args), seconds, peak, output, self.requests_made() if measure else {}, label)
+        return ConnectorRun(tuple(args), seconds, peak, output, self.requests_made() if measure else {}, label,
+                            self.served_seconds() if measure else 0.0)
 
     def _child(self, args: tuple[str, ...]) -> tuple[float, float, Any]:
         """The command in a child process; its output goes to files, so a long answer cannot fill a
