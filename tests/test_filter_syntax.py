@@ -54,6 +54,8 @@ def test_chains_flatten_and_double_negations_cancel() -> None:
     ('["O\'Brian", "say \\"hi\\""]', [ast.String("O'Brian"), ast.String('say "hi"')]),
     ("[1, 2.5, true, null]", [ast.Integer("1"), ast.Float("2.5"), ast.Boolean("true"), ast.Null()]),
     ("[]", []),
+    ('["line\\nbreak", "plain", \'tab\\there\']', [ast.String("line\nbreak"), ast.String("plain"),
+                                                   ast.String("tab\there")]),
 ])
 def test_json_arrays_are_nodes(text: str, items: list) -> None:
     tree = parse_filter(f"f(PropertyValues={text})")

@@ -95,6 +95,12 @@ def _json_array(text: str, start: int) -> tuple[list[ast._Literal], int]:
             i += 1
             continue
         if ch in "\"'":
+            j = text.find(ch, i + 1)
+            if j > 0 and "\\" not in text[i + 1:j]:  # no escapes: the text up to the closing quote
+                items.append(ast.String(text[i + 1:j]))
+                i = j + 1
+                expect_item = False
+                continue
             j, chars = i + 1, []
             while j < n and text[j] != ch:
                 if text[j] == "\\" and j + 1 < n:
