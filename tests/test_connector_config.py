@@ -88,6 +88,25 @@ def test_multipart_batch_codec_reads_plain_and_change_set_responses() -> None:
     assert error is not None and error.is_concurrency_conflict and error.code == "0x80060882"
 
 
+@pytest.mark.parametrize(("part", "status", "headers", "body"), [
+    (b"HTTP/1.1 204 No Content\r\n\r\n", 204, {}, None),
+    (b"HTTP/1.1 204 No Content\r\nOData-EntityId: https://dv/accounts(1)\r\n\r\n", 204,
+     {"odata-entityid": "https://dv/accounts(1)"}, None),
+    (b'HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nETag: W/"9"\r\n\r\n{"name": "A\\r\\nB"}', 201,
+     {"content-type": "application/json", "etag": 'W/"9"'}, {"name": "A\r\nB"}),
+    (b'HTTP/1.1 200 OK\nContent-Type: application/json\n\n{"a": 1}', 200, {"content-type": "application/json"},
+     {"a": 1}),
+    (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n\r\nnot json\r\n", 500,
+     {"content-type": "text/plain"}, "not json\r\n"),
+])
+def test_multipart_parts_read_as_sent(part: bytes, status: int, headers: dict[str, str], body: object) -> None:
+    """Each part's status, headers and body: with or without headers or body, CRLF or LF line ends."""
+    response = (b"--b1\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n" + part
+                + b"\r\n--b1--\r\n")
+    [result] = decode_multipart("multipart/mixed; boundary=b1", response)
+    assert (result.status, result.headers, result.body) == (status, headers, body)
+
+
 def test_json_batch_codec_keeps_the_order_of_operations() -> None:
     encoded = encode_json([BatchOp("POST", "companies(c)/customers", {"displayName": "A"}),
                            BatchOp("PATCH", "companies(c)/customers(1)", {"city": "B"}, {"If-Match": "W/\"x\""})])

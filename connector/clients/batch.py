@@ -79,13 +79,20 @@ def encode_multipart(ops: list[BatchOp], api_root: str) -> tuple[str, bytes]:
 
 
 def _http_response(raw: bytes, service: str) -> BatchResult:
-    head, _, rest = raw.partition(b"\r\n") if b"\r\n" in raw else raw.partition(b"\n")
+    newline = b"\r\n" if b"\r\n" in raw else b"\n"
+    head, _, rest = raw.partition(newline)
     parts = head.decode("latin-1").split(" ", 2)
     status = int(parts[1])
-    message = message_from_bytes(rest)
+    # The email parser reads the response's headers; the body after the blank line is the JSON as sent
+    # (an HTTP body has no transfer encoding to undo), so it is not fed through the parser line by line.
+    if rest.startswith(newline):
+        fields, content = b"", rest[len(newline):]
+    else:
+        fields, blank, content = rest.partition(newline * 2)
+        fields += blank
+    message = message_from_bytes(fields)
     headers = {k.lower(): v for k, v in message.items()}
-    payload = message.get_payload(decode=True)
-    text = payload.decode("utf-8") if isinstance(payload, bytes) else ""
+    text = content.decode("utf-8")
     body: Any = None
     if text.strip():
         try:
