@@ -522,17 +522,19 @@ class BCService:
                     run_alone(item)
                 return
             outcomes: list[dict[str, Any]] = []
+            failed = False
             with self.tx.apart() as undo:
                 for item in items:
                     outcomes.append(self._batch_item(req, route, item, company_arg))
                     if outcomes[-1]["status"] >= 400:
+                        failed = True
                         undo()
                         break
-            if len(outcomes) == len(items) and outcomes[-1]["status"] < 400:
+            if not failed:
                 responses.extend(outcomes)
-            else:
-                for item in items:
-                    run_alone(item)
+                return
+            for item in items:
+                run_alone(item)
 
         def run_each_apart() -> None:
             """Each operation stands alone: a failed one leaves nothing behind, the others keep their writes
@@ -560,8 +562,6 @@ class BCService:
                 if not self.group_writes:
                     run_alone(item)
                     continue
-                if others and isinstance(item, dict) and str(item.get("method", "")).upper() == "POST":
-                    flush()  # a create is checked against what the operations before it wrote
                 created = self._deferred_create(req, route, item, company_arg)
                 if created is not None and run and (run[0][1].entity, run[0][1].company.id) == (
                         created.entity, created.company.id):

@@ -709,7 +709,6 @@ class DataverseBackend:
         results: dict[int, tuple[Row, bool]] = {}
         creates: list[tuple[int, dict[str, Any], list[tuple[Navigation, Any]]]] = []
         updates: list[tuple[int, str, dict[str, Any], Row]] = []
-        key_columns = {name for alternate in entity.alternate_keys for name in alternate.properties}
 
         def write_block() -> None:  # each block is taken first: a block that fails is not written twice
             if creates:
@@ -741,8 +740,7 @@ class DataverseBackend:
                                                       if_version=version, existing=row), False)
                     else:
                         existing, values, deferred = self._update_values(conn, entity, stored_key, body, caller, row)
-                        if deferred or any(existing.get(name) != value for name, value in values.items()
-                                           if name in key_columns):
+                        if deferred or self.store.changes_alternate_key(entity, existing, values):
                             write_block()
                             results[index] = (self._write_update(conn, entity, stored_key, existing, values,
                                                                  deferred, caller, version), False)

@@ -689,6 +689,12 @@ class Store:
             raise VersionMismatch("The version of the existing record doesn't match the RowVersion property provided.")
         return dict(row)
 
+    @staticmethod
+    def changes_alternate_key(entity: EntityType, current: Row, values: dict[str, Any]) -> bool:
+        """Whether writing ``values`` over ``current`` changes a column of one of the entity's alternate keys."""
+        return any(current.get(name) != values[name] for key in entity.alternate_keys for name in key.properties
+                   if name in values)
+
     def update_rows(self, conn: Connection, entity: EntityType, updates: Sequence[tuple[str, dict[str, Any], Row]],
                     scope: str | None = None) -> list[Row]:
         """Updates of distinct rows, each ``(key, values, current)`` with ``current`` the row as this write
@@ -697,9 +703,7 @@ class Store:
         keys = [key for key, _, _ in updates]
         if len(set(keys)) != len(keys):
             raise ValueError("update_rows writes distinct rows")
-        key_columns = {name for key in entity.alternate_keys for name in key.properties}
-        if any(current.get(name) != value for _, values, current in updates for name, value in values.items()
-               if name in key_columns):
+        if any(self.changes_alternate_key(entity, current, values) for _, values, current in updates):
             raise ValueError("update_rows does not change alternate keys")
         staged = [_changed(current, values) for _, values, current in updates]
         self._stamp(entity, staged, conn, creating=False)
