@@ -265,7 +265,7 @@ class Pass:
             f"Microsoft.Dynamics.CRM.In(PropertyName='{column}',PropertyValues={json.dumps(values)})")))
         with self.cx.state.session() as session:
             taken = set(session.scalars(select(Coupling.dataverse_id).where(
-                Coupling.bc_entity == self.mapping.bc_entity,
+                Coupling.bc_entity == self.mapping.bc_entity, Coupling.dataverse_table == self.mapping.dataverse_table,
                 Coupling.dataverse_id.in_([str(r[self.table.key]).lower() for r in rows]))))
             by_value = {str(r.get(column)).upper(): r for r in rows if str(r[self.table.key]).lower() not in taken}
             for item in candidates:

@@ -53,8 +53,8 @@ class Resolver:
             return
         with self.state.session() as session:
             for row in session.scalars(select(Coupling).where(
-                    Coupling.bc_entity == via.bc_entity, Coupling.dataverse_id.in_(wanted),
-                    Coupling.pending.is_(False))):
+                    Coupling.bc_entity == via.bc_entity, Coupling.dataverse_table == via.dataverse_table,
+                    Coupling.dataverse_id.in_(wanted), Coupling.pending.is_(False))):
                 self._to_bc[via.bc_entity][row.dataverse_id] = row.bc_id
 
     def dataverse_id(self, via: TableMapping, bc_id: str) -> str | None:

@@ -148,6 +148,9 @@ class Coupling(Base):
     __table_args__ = (
         UniqueConstraint("bc_entity", "bc_id", name="uq_coupling_bc_record"),
         UniqueConstraint("bc_entity", "dataverse_table", "dataverse_id", name="uq_coupling_dataverse_row"),
+        # A chunk's couplings are looked up by mapping and BC ids. Without it, SQLite (no statistics)
+        # prefers the mapping's prefix of uq_coupling_dataverse_row and scans every coupling of the mapping.
+        Index("ix_coupling_mapping_bc_record", "bc_entity", "dataverse_table", "bc_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
