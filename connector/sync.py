@@ -16,9 +16,12 @@ from __future__ import annotations
 import enum
 import json
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 from dateutil.parser import isoparse
@@ -63,6 +66,7 @@ from .store import (
 )
 
 TOLERANCE = timedelta(milliseconds=10)
+IN_FLIGHT = 2  # chunks whose batch may be on the wire at once
 
 
 def dataverse_select(mapping: TableMapping) -> list[str]:
@@ -152,6 +156,17 @@ class Item:
     decoupled: bool = False  # coupled just now to an existing row with the same natural key
 
 
+@dataclass
+class _Flight:
+    """A chunk whose writes were sent; ``answers`` is None when there was nothing to send."""
+
+    items: list[Item]
+    writes: list[Item]
+    keys: set[str]  # the chunk's source keys
+    last_attempt: bool = False
+    answers: Future[list[BatchResult]] | None = None
+
+
 class Pass:
     """One direction of one mapping over a stream of source records."""
 
@@ -218,12 +233,35 @@ class Pass:
 
     # -- the algorithm --------------------------------------------------------------------------
     def run(self, sources: Iterable[dict[str, Any]]) -> None:
-        for chunk in chunks(sources, self.cx.config.page_size):
-            self.run_chunk(chunk)  # its counters are written with its couplings
-            if self.progress:
-                self.progress(len(chunk))
+        """Chunk by chunk, with up to ``IN_FLIGHT`` chunks' batches on the wire while the next chunk is
+        read and decided, and the last one landed is recorded.
 
-    def run_chunk(self, sources: list[dict[str, Any]]) -> list[Item]:
+        The services answer about half of a large run's time and the connector spends the other half
+        reading, deciding and recording; overlapping them keeps both busy. Only the batch requests run
+        beside the main thread: the state, the job log, the caches and the retries stay on it, in
+        chunk order. A chunk that shares a record with one on the wire waits for it to land. Lookups
+        resolve through other mappings' couplings (the defaults have no mapping that refers to its
+        own records), so a chunk decided before the previous one is recorded resolves them alike.
+        """
+        flights: deque[_Flight] = deque()  # on the wire, oldest first
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="sync-batch") as wire:
+            for chunk in chunks(sources, self.cx.config.page_size):
+                keys = {self._source_key(s) for s in chunk}
+                if any(not f.keys.isdisjoint(keys) for f in flights):
+                    while flights:
+                        self._land(flights.popleft())
+                items = self._prepare(chunk)
+                landed = flights.popleft() if len(flights) == IN_FLIGHT else None
+                if landed is not None:
+                    self._receive_all(landed)
+                flights.append(self._send(items, wire))
+                if landed is not None:
+                    self._record_all(landed)
+            while flights:
+                self._land(flights.popleft())
+
+    def _prepare(self, sources: list[dict[str, Any]]) -> list[Item]:
+        """Read what a chunk needs (couplings, destinations, lookups) and decide each record."""
         items = [Item(source=s) for s in sources]
         couplings = self._couplings([self._source_key(s) for s in sources])
         for item in items:
@@ -239,17 +277,30 @@ class Pass:
         self.rules.prepare([i.source for i in items], self.to_dataverse)
         for item in items:
             self._decide(item)
-        self._write(items)
+        return items
+
+    def _land(self, flight: _Flight) -> None:
+        """A chunk's answers: apply them, retry the records whose destination changed under us, record."""
+        self._receive_all(flight)
+        self._record_all(flight)
+
+    def _receive_all(self, flight: _Flight) -> None:
+        self._receive(flight)
+        items = flight.items
         retry = [i for i in items if i.action is Action.FAIL and i.retried and i.message is None]
         if retry:  # the destination changed between our read and our write: read again, decide again
             fresh = self._read_destinations([i.destination_id for i in retry if i.destination_id])
+            self.rules.prepare([i.source for i in retry], self.to_dataverse)  # prepared for the next chunk since
             for item in retry:
                 item.destination = fresh.get(item.destination_id or "")
                 item.action, item.values, item.message = None, {}, None
                 self._decide(item)
-            self._write(retry, last_attempt=True)
-        self._record(items)
-        return items
+            self._receive(self._send(retry, None, last_attempt=True))
+
+    def _record_all(self, flight: _Flight) -> None:
+        self._record(flight.items)  # its counters are written with its couplings
+        if self.progress:
+            self.progress(len(flight.items))
 
     def _couple_natural_keys(self, items: list[Item]) -> None:
         """Couple uncoupled records to existing rows with the same natural key (an ISO currency code)."""
@@ -466,29 +517,46 @@ class Pass:
                 session.add(coupling)
                 item.coupling = coupling
 
-    def _write(self, items: list[Item], *, last_attempt: bool = False) -> None:
+    def _send(self, items: list[Item], wire: ThreadPoolExecutor | None, *, last_attempt: bool = False) -> _Flight:
+        """Put a chunk's writes on the wire (``wire``: beside this thread; None: now), their ids recorded first."""
         ours = self.cx.company().dataverse_id if any(i.clear_company for i in items) else None
         self._set_source_company([i for i in items if i.clear_company and company_of(i.source) == ours], None,
                                  "reset")  # Remove Coupling: the surviving row is no longer this company's
         writes = [i for i in items if i.action in (Action.INSERT, Action.MODIFY, Action.FORCE_MODIFY)]
+        flight = _Flight(items, writes, {self._source_key(i.source) for i in items}, last_attempt)
         if not writes:
-            return
+            return flight
         if self.dry_run:  # decided, not sent: the plan is what a real run would write
             for item in writes:
                 item.written = {}
-            return
+            return flight
         self._pend(writes)
         ops = [self._op(i) for i in writes]
+        call = (partial(self.cx.dataverse.batch, ops) if self.to_dataverse
+                else partial(self.cx.bc.batch, self.mapping.bc_entity, ops))
+        if wire is not None:
+            flight.answers = wire.submit(call)
+        else:
+            flight.answers = Future()
+            try:
+                flight.answers.set_result(call())
+            except ClientError as error:
+                flight.answers.set_exception(error)
+        return flight
+
+    def _receive(self, flight: _Flight) -> None:
+        if flight.answers is None:
+            return
+        writes = flight.writes
         try:
-            results = (self.cx.dataverse.batch(ops) if self.to_dataverse
-                       else self.cx.bc.batch(self.mapping.bc_entity, ops))
+            results = flight.answers.result()
         except ClientError as error:  # the service stayed unreachable: pending creates stay pending
             for item in writes:
                 item.keep_pending = True
                 self._fail(item, str(error))
             return
         for item, result in zip(writes, results, strict=True):
-            self._apply_result(item, result, last_attempt)
+            self._apply_result(item, result, flight.last_attempt)
         if not self.to_dataverse and self.table.has_company:  # the row that created a BC record becomes ours
             self._set_source_company([i for i in writes if i.action is Action.INSERT and i.written
                                       and not company_of(i.source)], self.cx.company().dataverse_id, "set")
