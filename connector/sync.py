@@ -25,7 +25,7 @@ from functools import partial
 from typing import Any
 
 from dateutil.parser import isoparse
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, update
 
 from .clients import BatchOp, BatchResult, ClientError
 from .clients._chunks import chunks, quote
@@ -484,7 +484,9 @@ class Pass:
 
     # -- writing --------------------------------------------------------------------------------
     def _select_query(self) -> str:
-        return "?$select=" + ",".join(self.dataverse_select())
+        """What a write's answer carries back: the row's new modifiedon, which the coupling records (the
+        rest of the row is what was just sent)."""
+        return f"?$select={self.table.key},{DATAVERSE_MODIFIED_ON}"
 
     def _op(self, item: Item) -> BatchOp:
         assert item.destination_id is not None
@@ -502,20 +504,23 @@ class Pass:
                        {"If-Match": etag})
 
     def _pend(self, items: list[Item]) -> None:
-        """Record the chosen ids of records about to be created, before creating them."""
+        """Record the chosen ids of records about to be created, before creating them: one statement for
+        the chunk, the new couplings' ids read back in order."""
         new = [i for i in items if i.action is Action.INSERT and i.coupling is None]
         if not new or self.dry_run:
             return
+        rows = []
+        for item in new:
+            source_key = self._source_key(item.source)
+            assert item.destination_id is not None
+            rows.append({"bc_entity": self.mapping.bc_entity, "dataverse_table": self.mapping.dataverse_table,
+                         "bc_id": source_key if self.to_dataverse else item.destination_id,
+                         "dataverse_id": item.destination_id if self.to_dataverse else source_key,
+                         "pending": True, "skipped": False})
         with self.cx.state.session() as session:
-            for item in new:
-                source_key = self._source_key(item.source)
-                assert item.destination_id is not None
-                coupling = Coupling(
-                    bc_entity=self.mapping.bc_entity, dataverse_table=self.mapping.dataverse_table, pending=True,
-                    bc_id=source_key if self.to_dataverse else item.destination_id,
-                    dataverse_id=item.destination_id if self.to_dataverse else source_key)
-                session.add(coupling)
-                item.coupling = coupling
+            ids = session.scalars(insert(Coupling).returning(Coupling.id, sort_by_parameter_order=True), rows).all()
+        for item, row, coupling_id in zip(new, rows, ids, strict=True):
+            item.coupling = Coupling(id=coupling_id, **row)
 
     def _send(self, items: list[Item], wire: ThreadPoolExecutor | None, *, last_attempt: bool = False) -> _Flight:
         """Put a chunk's writes on the wire (``wire``: beside this thread; None: now), their ids recorded first."""
@@ -598,12 +603,14 @@ class Pass:
             self._record_plan(items)
             return
         with self.cx.state.session() as session:
-            # the chunk's couplings in one query, so that merging each finds it loaded
-            ids = [i.coupling.id for i in items if i.coupling is not None and i.coupling.id is not None]
+            # a failure may delete or flag its coupling: those are loaded, in one query, to change them
+            ids = [i.coupling.id for i in items
+                   if i.action is Action.FAIL and i.coupling is not None and i.coupling.id is not None]
             loaded: dict[int, Coupling] = {}
             for start in range(0, len(ids), 500):
                 loaded.update((c.id, c) for c in session.scalars(
                     select(Coupling).where(Coupling.id.in_(ids[start:start + 500]))))
+            succeeded: list[dict[str, Any]] = []
             for item in items:
                 action = item.action
                 if action is Action.IGNORE or action is None:
@@ -611,24 +618,25 @@ class Pass:
                 if action is Action.SKIP:
                     self.job.count("skipped")
                     continue
-                with session.no_autoflush:  # one flush for the chunk, at commit
-                    coupling = self._attached(session, item.coupling, loaded)
                 if action is Action.FAIL:
                     self.job.count("failed")
+                    with session.no_autoflush:  # one flush for the chunk, at commit
+                        coupling = self._attached(session, item.coupling, loaded)
                     self._record_failure(session, item, coupling)
                     continue
                 self.job.count({Action.INSERT: "inserted", Action.UNCHANGED: "unchanged"}.get(action, "modified"))
-                if coupling is not None:
-                    self._record_success(item, coupling)
+                if item.coupling is not None:
+                    succeeded.append(self._record_success(item, item.coupling))
                 if item.message:  # a follow-up step failed after the record itself was written
                     self.job.error(self._ref(item), self._label_source(item), self._label_destination(item),
                                    item.message)
+            if succeeded:  # by primary key, one statement for the chunk
+                session.execute(update(Coupling), succeeded)
             self.job.write(session)
 
     @staticmethod
     def _attached(session: Any, coupling: Coupling | None, loaded: dict[int, Coupling]) -> Coupling | None:
-        """The coupling in this session: the row loaded for the chunk (nothing changed it since it was
-        read or written), else a merged copy."""
+        """The coupling in this session: the row loaded for the chunk, else a merged copy."""
         if coupling is None:
             return None
         found = loaded.get(coupling.id) if coupling.id is not None else None
@@ -657,7 +665,9 @@ class Pass:
                 line += " (" + ", ".join(sorted(k.removesuffix("@odata.bind") for k in item.values)) + ")"
             self.job.plan.append(line)
 
-    def _record_success(self, item: Item, coupling: Coupling) -> None:
+    def _record_success(self, item: Item, coupling: Coupling) -> dict[str, Any]:
+        """The coupling after a successful synchronization, as the row's new values (``coupling`` is the
+        chunk's copy, read or written by this pass: it carries them too)."""
         coupling.pending = False
         destination = item.written if item.written is not None else item.destination
         source_time, destination_time = self._source_modified(item.source), self._destination_modified(destination)
@@ -675,6 +685,11 @@ class Pass:
         else:
             coupling.last_result_from, coupling.last_job_from = SyncResult.SUCCESS, self.job.id
         coupling.skipped = False
+        result, job = ("last_result_to", "last_job_to") if self.to_dataverse else ("last_result_from", "last_job_from")
+        return {"id": coupling.id, "pending": False, "skipped": False,
+                "last_synced_bc_modified": coupling.last_synced_bc_modified,
+                "last_synced_dataverse_modified": coupling.last_synced_dataverse_modified,
+                result: SyncResult.SUCCESS, job: self.job.id}
 
     def _record_failure(self, session: Any, item: Item, coupling: Coupling | None) -> None:
         message = item.message or "The record could not be synchronized."
