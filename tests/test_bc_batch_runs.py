@@ -182,3 +182,33 @@ def test_updates_together_answer_as_updates_alone(pair: tuple[RunningSandbox, Ru
     assert answers[0] == answers[1]
     assert left[0] == left[1]
     assert any(a["status"] in (200, 204) for a in answers[0])  # every scenario writes something
+
+
+def test_a_run_of_updates_is_one_update(sandbox_factory: Factory) -> None:
+    """The grouping happens: 50 PATCHes of distinct customers, each with the ETag it read, write with one
+    UPDATE, and each answers with its own row."""
+    import sqlalchemy as sa
+
+    sandbox = sandbox_factory(mode="live", tls=False)
+    made = run_batch(sandbox, [post(i, {"displayName": f"Grouped {i}"}) for i in range(50)])
+    assert {m["status"] for m in made} == {201}
+    seen: list[str] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if statement.startswith("UPDATE customer "):
+            seen.append(statement)
+
+    engine = sandbox.sandbox.backends["bc"].store.engine
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        answers = run_batch(sandbox, [patch(i, (m["body"]["id"], m["body"]["@odata.etag"]),
+                                            {"phoneNumber": f"555-{i:04d}"}) for i, m in enumerate(made)])
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert [(a["status"], a["body"]["id"], a["body"]["phoneNumber"]) for a in answers] == [
+        (200, m["body"]["id"], f"555-{i:04d}") for i, m in enumerate(made)]
+    assert len(seen) == 1
+    versions = [parse_bc_etag(a["body"]["@odata.etag"]) for a in answers]
+    assert versions == sorted(versions) and len(set(versions)) == 50
+    phones = {c["id"]: c["phoneNumber"] for c in customers(sandbox)}
+    assert all(phones[m["body"]["id"]] == f"555-{i:04d}" for i, m in enumerate(made))

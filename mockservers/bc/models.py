@@ -477,6 +477,28 @@ class BCBackend:
             self._note_number(conn, entity, company_id, row.get("number"))
         return row
 
+    def update_many(self, conn: Connection, entity: EntityType, company_id: str,
+                    updates: list[tuple[str, Any, int | None]]) -> list[Row] | None:
+        """What ``update`` does for each ``(key, body, if_version)`` of distinct records, written with one
+        statement; None, writing nothing, when any of them is not a plain update (a record missing or at
+        another version, a number of its own, an alternate key changed): those go one by one. A refused
+        body raises the error ``update`` raises."""
+        if len({str(key).lower() for key, _, _ in updates}) != len(updates):
+            return None
+        current = {str(k).lower(): row for k, row in self.store.get_many(
+            conn, entity, [key for key, _, _ in updates], company_id).items()}
+        version = entity.version_property
+        staged: list[tuple[str, dict[str, Any], Row]] = []
+        for key, body, if_version in updates:
+            existing = current.get(str(key).lower())
+            if existing is None or (if_version is not None and version and existing[version] != if_version):
+                return None
+            values = self.prepare(conn, entity, company_id, body, creating=False, existing=existing)
+            if values.get("number") or self.store.changes_alternate_key(entity, existing, values):
+                return None
+            staged.append((key, values, existing))
+        return self.store.update_rows(conn, entity, staged, company_id)
+
     def delete(self, conn: Connection, entity: EntityType, company_id: str, key: str, *,
                if_version: int | None) -> Row:
         try:

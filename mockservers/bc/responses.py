@@ -419,11 +419,17 @@ class BCService:
     def update(self, req: Request, entity: EntityType, company: Company, key: str, context_base: str) -> Result:
         _, version = self._if_match(req, required=True)
         body = self._body(req)
+        updated = _Update(entity, company, key, body, version, context_base, self._api_prefix(req))
+        if self._deferring.get():
+            raise _Deferred(updated)
         with self.tx.connection(True) as conn:
             row = self.backend.update(conn, entity, company.id, key, body, if_version=version)
-            self._changed(entity, company, row, "updated", self._api_prefix(req))
-        record = self.serializer.records(entity, [row], None, [], company.lcy)[0]
-        return self._json(200, {"@odata.context": context_base + "/$entity", **record})
+            self._changed(entity, company, row, "updated", updated.api_prefix)
+        return self._updated(updated, row)
+
+    def _updated(self, updated: _Update, row: Row) -> Result:
+        record = self.serializer.records(updated.entity, [row], None, [], updated.company.lcy)[0]
+        return self._json(200, {"@odata.context": updated.context_base + "/$entity", **record})
 
     def delete(self, req: Request, entity: EntityType, company: Company, key: str) -> Result:
         _, version = self._if_match(req, required=False)
@@ -540,37 +546,51 @@ class BCService:
             """Each operation stands alone: a failed one leaves nothing behind, the others keep their writes
             (one transaction for the batch, a savepoint for each operation, so the batch's writes become
             visible to other clients together, when it ends). Consecutive creates in one entity set and
-            company are written together (one savepoint, one INSERT), and other consecutive operations run
-            in one savepoint, answered as if one by one; if any of them fails, the run is rolled back and
+            company are written together (one savepoint, one INSERT), and so are consecutive updates of
+            distinct records of one entity set and company (one UPDATE); other consecutive operations run
+            in one savepoint, answered as if one by one. If any of them fails, the run is rolled back and
             its operations go one by one after all."""
-            run: list[tuple[Any, _Create]] = []
+            run: list[tuple[Any, _Create | _Update]] = []
             others: list[Any] = []
 
             def flush() -> None:
-                together = self._create_together([created for _, created in run]) if len(run) > 1 else None
-                if together is None:
-                    for item, _ in run:
-                        run_alone(item)
+                if run and isinstance(run[0][1], _Create):
+                    together = self._create_together([op for _, op in run if isinstance(op, _Create)]) \
+                        if len(run) > 1 else None
+                    if together is None:
+                        for item, _ in run:
+                            run_alone(item)
                 else:
+                    together = self._update_together([op for _, op in run if isinstance(op, _Update)]) \
+                        if len(run) > 1 else None
+                    if together is None:
+                        run_in_turn([item for item, _ in run])
+                if together is not None:
                     responses.extend(self._outcome(item, result) for (item, _), result in zip(run, together,
                                                                                               strict=True))
                 run.clear()
                 run_in_turn(others)
                 others.clear()
 
+            def joins(op: _Create | _Update) -> bool:
+                if not run or type(run[0][1]) is not type(op) or (run[0][1].entity, run[0][1].company.id) != (
+                        op.entity, op.company.id):
+                    return False
+                return not isinstance(op, _Update) or all(
+                    isinstance(other, _Update) and other.key.lower() != op.key.lower() for _, other in run)
+
             for item in requests_:
                 if not self.group_writes:
                     run_alone(item)
                     continue
-                created = self._deferred_create(req, route, item, company_arg)
-                if created is not None and run and (run[0][1].entity, run[0][1].company.id) == (
-                        created.entity, created.company.id):
-                    run.append((item, created))
+                deferred = self._deferred_write(req, route, item, company_arg)
+                if deferred is not None and joins(deferred):
+                    run.append((item, deferred))
                     continue
-                if run or created is not None:
+                if run or deferred is not None:
                     flush()
-                if created is not None:
-                    run.append((item, created))
+                if deferred is not None:
+                    run.append((item, deferred))
                 else:
                     others.append(item)
             flush()
@@ -591,15 +611,19 @@ class BCService:
         result.batch_operations = len(requests_)
         return result
 
-    def _deferred_create(self, req: Request, route: Route, item: Any, company_arg: str | None) -> _Create | None:
-        """The create this batch operation is, routed and checked like any request but not yet written;
-        None for anything else (it then runs on its own). Only a POST to a plain entity set URL can be
-        one, so nothing here writes."""
-        if not isinstance(item, dict) or str(item.get("method", "")).upper() != "POST":
+    def _deferred_write(self, req: Request, route: Route, item: Any,
+                        company_arg: str | None) -> _Create | _Update | None:
+        """The create or update this batch operation is, routed and checked like any request but not yet
+        written; None for anything else (it then runs on its own). Only a POST to a plain entity set URL
+        or a PATCH of one record of an entity set can be one, so nothing here writes."""
+        method = str(item.get("method", "")).upper() if isinstance(item, dict) else ""
+        if method not in ("POST", "PATCH"):
             return None
         url = item.get("url")
         last = url.partition("?")[0].rstrip("/").rsplit("/", 1)[-1] if isinstance(url, str) else ""
-        if not last or "(" in last or "." in last or last in ("subscriptions", "$batch", "companies"):
+        name, keyed, _ = last.partition("(")
+        if not name or "." in name or name in ("subscriptions", "$batch", "companies") or \
+                keyed != ("(" if method == "PATCH" else "") or not last.endswith(")" if keyed else name):
             return None
         inner = self._inner_request(req, route, item, company_arg)
         if not isinstance(inner, Request):
@@ -608,7 +632,7 @@ class BCService:
         try:
             self.handle(inner)
         except _Deferred as deferred:
-            return deferred.create
+            return deferred.write
         finally:
             self._deferring.reset(token)
         return None
@@ -627,6 +651,24 @@ class BCService:
             return None
         return [_with_request_id(self._created(created, row), str(uuid.uuid4())) for created, row in zip(run, rows,
                                                                                                         strict=True)]
+
+    def _update_together(self, run: list[_Update]) -> list[Result] | None:
+        """The updates of a run written with one statement, answered each as ``update`` answers; None when
+        any of them is not a plain update or fails (nothing of the run is left behind)."""
+        first = run[0]
+        try:
+            with self.tx.apart():
+                with self.tx.connection(True) as conn:
+                    rows = self.backend.update_many(conn, first.entity, first.company.id,
+                                                    [(u.key, u.body, u.if_version) for u in run])
+                if rows is None:
+                    return None
+                for updated, row in zip(run, rows, strict=True):
+                    self._changed(updated.entity, updated.company, row, "updated", updated.api_prefix)
+        except (BCError, engine.ODataError):
+            return None
+        return [_with_request_id(self._updated(updated, row), str(uuid.uuid4())) for updated, row in zip(
+            run, rows, strict=True)]
 
     def _batch_item(self, req: Request, route: Route, item: Any, company_arg: str | None) -> dict[str, Any]:
         inner = self._inner_request(req, route, item, company_arg)
@@ -720,12 +762,25 @@ class _Create:
     api_prefix: str
 
 
-class _Deferred(Exception):
-    """Raised by ``create`` while a batch collects a run of creates to write together."""
+@dataclass(frozen=True)
+class _Update:
+    """An update, routed and checked as far as the request goes, with what its answer needs."""
 
-    def __init__(self, create: _Create) -> None:
-        super().__init__(create.entity.set_name)
-        self.create = create
+    entity: EntityType
+    company: Company
+    key: str
+    body: Any
+    if_version: int | None
+    context_base: str
+    api_prefix: str
+
+
+class _Deferred(Exception):
+    """Raised by ``create`` and ``update`` while a batch collects a run of them to write together."""
+
+    def __init__(self, write: _Create | _Update) -> None:
+        super().__init__(write.entity.set_name)
+        self.write = write
 
 
 def _batch_item_error(item: Any, message: str) -> dict[str, Any]:
