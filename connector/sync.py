@@ -686,10 +686,8 @@ class Pass:
             coupling.last_result_from, coupling.last_job_from = SyncResult.SUCCESS, self.job.id
         coupling.skipped = False
         result, job = ("last_result_to", "last_job_to") if self.to_dataverse else ("last_result_from", "last_job_from")
-        return {"id": coupling.id, "pending": False, "skipped": False,
-                "last_synced_bc_modified": coupling.last_synced_bc_modified,
-                "last_synced_dataverse_modified": coupling.last_synced_dataverse_modified,
-                result: SyncResult.SUCCESS, job: self.job.id}
+        return {name: getattr(coupling, name) for name in ("id", "pending", "skipped", "last_synced_bc_modified",
+                                                           "last_synced_dataverse_modified", result, job)}
 
     def _record_failure(self, session: Any, item: Item, coupling: Coupling | None) -> None:
         message = item.message or "The record could not be synchronized."

@@ -483,8 +483,6 @@ class BCBackend:
         statement; None, writing nothing, when any of them is not a plain update (a record missing or at
         another version, a number of its own, an alternate key changed): those go one by one. A refused
         body raises the error ``update`` raises."""
-        if len({str(key).lower() for key, _, _ in updates}) != len(updates):
-            return None
         current = {str(k).lower(): row for k, row in self.store.get_many(
             conn, entity, [key for key, _, _ in updates], company_id).items()}
         version = entity.version_property
