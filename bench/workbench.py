@@ -97,9 +97,10 @@ def sandbox_from(template: Template | None, directory: Path, *, mode: str = "liv
     ``limits=False`` switches service protection off (throughput figures measure the services, not
     their 429s)."""
     directory.mkdir(parents=True, exist_ok=True)
+    live = mode == "live"  # served as `mockservers serve` serves it (the benchmark's process is ours)
     sandbox = start_sandbox(directory / "sandbox", mode=mode, fixture=None, tls=tls,  # type: ignore[arg-type]
-                            template=template.directory if template else None)
-    if mode == "live":  # served as `mockservers serve` serves it (the benchmark's process is ours)
+                            template=template.directory if template else None, service_processes=live)
+    if live:
         freeze_startup_heap()
     try:
         if not limits:

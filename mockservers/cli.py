@@ -60,15 +60,18 @@ def main() -> None:
               help="Print one line per request (service, method, path, status, duration).")
 @click.option("--webhook-delay", type=click.FloatRange(0), default=30.0, show_default=True,
               help="Seconds BC waits after a change before sending webhook notifications.")
+@click.option("--service-processes/--one-process", default=True, show_default=True,
+              help="Serve BC from a process of its own, so Dataverse and BC answer on two cores.")
 def serve(data_dir: Path, seed: bool, fixture: str, fixtures_dirs: tuple[Path, ...], tls: bool, host: str,
           identity_port: int, dataverse_port: int, bc_port: int, db_url: str | None, bc_db_url: str | None,
-          bc_max_page_size: int, webhook_delay: float, access_log: bool) -> None:
+          bc_max_page_size: int, webhook_delay: float, access_log: bool, service_processes: bool) -> None:
     """Run the sandbox in the foreground until Ctrl+C."""
     config = SandboxConfig(data_dir=data_dir, host=host, identity_port=identity_port,
                            dataverse_port=dataverse_port, bc_port=bc_port, tls=tls, seed=seed,
                            fixture=fixture, db_url=db_url, bc_db_url=bc_db_url,
                            bc_max_page_size=bc_max_page_size, webhook_delay_seconds=webhook_delay,
-                           access_log=access_log, fixtures_dirs=fixtures_dirs)
+                           access_log=access_log, fixtures_dirs=fixtures_dirs,
+                           service_processes=service_processes)
     if access_log:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
@@ -101,7 +104,19 @@ def serve(data_dir: Path, seed: bool, fixture: str, fixtures_dirs: tuple[Path, .
     except SQLAlchemyError as error:
         raise click.ClickException(f"cannot open the database: {str(error).splitlines()[0]}; check --db-url / "
                                    "--bc-db-url") from None
-    freeze_startup_heap()
+    # From here the services answer: a Ctrl+C at any point (even during the banner) stops them cleanly.
+    try:
+        freeze_startup_heap()
+        _print_banner(info, data_dir)
+        while not stop_signals:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sandbox.stop()
+
+
+def _print_banner(info: dict, data_dir: Path) -> None:
     console.print(f"[bold]bc-dataverse-sandbox[/bold] running (state in {data_dir.resolve()})")
     console.print(f"  identity   {info['identity']['url']}  tenant {info['tenant_id']}")
     console.print(f"  dataverse  {info['dataverse']['api_root']}")
@@ -114,13 +129,6 @@ def serve(data_dir: Path, seed: bool, fixture: str, fixtures_dirs: tuple[Path, .
         console.print(f"  export REQUESTS_CA_BUNDLE={info['ca_bundle']}")
     console.print(f"  details    {(data_dir / 'sandbox.json').resolve()}")
     console.print("Press Ctrl+C to stop.")
-    try:
-        while not stop_signals:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        sandbox.stop()
 
 
 @main.command()

@@ -13,10 +13,14 @@ where it stood.
 
 from __future__ import annotations
 
+import mmap
+import multiprocessing
+import struct
 import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp()
 
@@ -54,24 +58,76 @@ def parse_instant(value: object) -> datetime:
     return parsed.astimezone(UTC)
 
 
+# The clock's whole state: offsets from real time while running, the standing readings while frozen.
+_State = tuple[float, float, tuple[float, float] | None]  # (wall offset, monotonic offset, frozen (wall, mono))
+
+
+class _SharedState:
+    """The clock's state in memory that forked processes share, so that a sandbox serving its services
+    from several processes keeps one clock: a change made through one service's control API is the
+    time every process reads next.
+
+    A sequence count makes reads consistent without a lock (odd while a write is under way; a read
+    that saw it change reads again); writes take a lock that spans the processes.
+    """
+
+    _LAYOUT = struct.Struct("<Qddddd")  # sequence, wall offset, mono offset, frozen?, frozen wall, frozen mono
+
+    def __init__(self, state: _State) -> None:
+        self._memory = mmap.mmap(-1, self._LAYOUT.size)  # anonymous and shared: forked children see writes
+        self.lock = multiprocessing.get_context("fork").Lock()
+        self.store(state)
+
+    def load(self) -> _State:
+        while True:
+            before, wall, mono, frozen, frozen_wall, frozen_mono = self._LAYOUT.unpack_from(self._memory)
+            if not before & 1 and self._LAYOUT.unpack_from(self._memory)[0] == before:
+                return wall, mono, ((frozen_wall, frozen_mono) if frozen else None)
+
+    def store(self, state: _State) -> None:
+        """Under ``lock`` (or before any other process exists)."""
+        wall, mono, frozen = state
+        sequence = self._LAYOUT.unpack_from(self._memory)[0]
+        struct.pack_into("<Q", self._memory, 0, sequence + 1)
+        self._LAYOUT.pack_into(self._memory, 0, sequence + 1, wall, mono, float(frozen is not None),
+                               *(frozen or (0.0, 0.0)))
+        struct.pack_into("<Q", self._memory, 0, sequence + 2)
+
+
 class Clock:
     """Wall time (``now``/``time``) and a matching monotonic time for windows, moved together."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._wall_offset = 0.0  # while running, readings are the real ones plus these offsets
-        self._mono_offset = 0.0
-        self._frozen: tuple[float, float] | None = None  # (wall, monotonic) readings while frozen
+        self._lock: Any = threading.Lock()
+        self._state: _State = (0.0, 0.0, None)  # replaced whole, so a reader never sees half a change
+        self._shared: _SharedState | None = None
+
+    def share(self) -> None:
+        """Keep the state where processes forked from here on read and move the same clock."""
+        if self._shared is None:
+            with self._lock:
+                self._shared = _SharedState(self._state)
+                self._lock = self._shared.lock
+
+    def _read(self) -> _State:
+        shared = self._shared
+        return self._state if shared is None else shared.load()
+
+    def _write(self, state: _State) -> None:
+        if self._shared is None:
+            self._state = state
+        else:
+            self._shared.store(state)
 
     def time(self) -> float:
         """Seconds since the epoch on this clock."""
-        frozen = self._frozen
-        return frozen[0] if frozen is not None else time.time() + self._wall_offset
+        wall, _mono, frozen = self._read()
+        return frozen[0] if frozen is not None else time.time() + wall
 
     def monotonic(self) -> float:
         """A monotonic reading that moves with this clock (service-protection windows use it)."""
-        frozen = self._frozen
-        return frozen[1] if frozen is not None else time.monotonic() + self._mono_offset
+        _wall, mono, frozen = self._read()
+        return frozen[1] if frozen is not None else time.monotonic() + mono
 
     def now(self) -> datetime:
         """The current time, aware UTC."""
@@ -84,12 +140,12 @@ class Clock:
 
     @property
     def frozen(self) -> bool:
-        return self._frozen is not None
+        return self._read()[2] is not None
 
     def state(self) -> ClockState:
         with self._lock:
             now = self.time()
-            return ClockState(datetime.fromtimestamp(now, UTC), self._frozen is not None, now - time.time())
+            return ClockState(datetime.fromtimestamp(now, UTC), self.frozen, now - time.time())
 
     def advance(self, seconds: float) -> ClockState:
         """Move the clock forward by ``seconds`` (frozen or running)."""
@@ -131,17 +187,16 @@ class Clock:
             if current + step >= LATEST:
                 raise ClockError("The sandbox clock cannot go past 9999-12-31T23:59:59Z (the latest date-time "
                                  "either service stores).")
-            if frozen and self._frozen is None:
-                self._frozen = (time.time() + self._wall_offset, time.monotonic() + self._mono_offset)
-            if self._frozen is not None:
-                wall, mono = self._frozen
-                self._frozen = (wall + step, mono + step)
+            wall_offset, mono_offset, standing = self._read()
+            if frozen and standing is None:
+                standing = (time.time() + wall_offset, time.monotonic() + mono_offset)
+            if standing is not None:
+                standing = (standing[0] + step, standing[1] + step)
             else:
-                self._wall_offset += step
-                self._mono_offset += step
-            if frozen is False and self._frozen is not None:
-                wall, mono = self._frozen
-                self._wall_offset = wall - time.time()
-                self._mono_offset = mono - time.monotonic()
-                self._frozen = None
+                wall_offset += step
+                mono_offset += step
+            if frozen is False and standing is not None:
+                wall_offset, mono_offset = standing[0] - time.time(), standing[1] - time.monotonic()
+                standing = None
+            self._write((wall_offset, mono_offset, standing))
         return self.state()

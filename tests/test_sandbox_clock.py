@@ -157,3 +157,28 @@ def test_one_clock_for_the_whole_sandbox(sandbox_inprocess: RunningSandbox) -> N
     assert moved["offset_seconds"] >= 86399
     assert requests.get(f"{sb.info['dataverse']['url']}/_sandbox/clock", headers={"Authorization": "Bearer wrong"},
                         verify=sb.verify).status_code == 401
+
+
+def test_a_shared_clock_keeps_its_state_and_moves_for_every_process() -> None:
+    """``Clock.share`` (a sandbox serving BC from a forked process): the state it had stays, and a
+    change made in a forked process is what this one reads next."""
+    import os
+
+    from mockservers.clock import Clock
+
+    clock = Clock()
+    clock.adjust(advance_seconds=86_400, frozen=True)
+    before = clock.state()
+    clock.share()
+    assert clock.state().now == before.now and clock.frozen
+
+    pid = os.fork()
+    if pid == 0:  # the child moves the clock and leaves at once
+        try:
+            clock.adjust(advance_seconds=60)
+        finally:
+            os._exit(0)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert clock.state().now == before.now + timedelta(seconds=60)
+    clock.resume()
+    assert not clock.frozen and clock.time() >= before.now.timestamp() + 60

@@ -55,6 +55,14 @@ class DataDirLock:
         os.close(fd)  # closing the descriptor drops the lock
 
 
+    def forget(self) -> None:
+        """In a process forked from the holder: close this copy of the descriptor. The lock belongs to
+        the open file, which the holder keeps, so it stays held and goes away with the holder."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+
 def _read_pid(fd: int) -> int | None:
     with contextlib.suppress(OSError, ValueError):
         return int(os.pread(fd, 32, 0).decode().strip())

@@ -14,6 +14,7 @@ import json
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from ..identity import BUSINESS_CENTRAL_RESOURCE, TokenIssuer, load_default_dire
 from ..identity import create_app as create_identity_app
 from ..sandbox.fixtures import FixtureLibrary
 from .lock import DataDirLock
+from .processes import ServiceProcess
 from .tls import TlsFiles, ensure_certificates
 from .wsgi import AccessLog, ServiceServer, bind
 
@@ -86,6 +88,10 @@ class SandboxConfig:
     fixtures_dirs: tuple[Path, ...] = ()  # operator-allowed fixture directories (beside the built-in sets)
     auth: bool = True
     in_process_host: str | None = None  # set: serve no sockets; the URLs are https://<service>.<this host>
+    # Serve BC from a process of its own (forked once the apps are built), so the two services answer
+    # on two cores; `mockservers serve` does. A sandbox inside someone else's process (the testing
+    # kit's default) stays in that process. A BC database in memory stays too (a fork cannot share it).
+    service_processes: bool = False
 
 
 SERVICES = ("identity", "dataverse", "bc")
@@ -101,6 +107,7 @@ class Sandbox:
     tls_files: TlsFiles | None = None
     info: dict[str, Any] = field(default_factory=dict)
     clock: Clock = field(default_factory=Clock)  # the one clock of identity and both services
+    children: dict[str, ServiceProcess] = field(default_factory=dict)  # services served from processes of their own
     _lock: DataDirLock | None = field(default=None, init=False, repr=False)  # held while started
 
     def start(self) -> dict[str, Any]:
@@ -178,7 +185,6 @@ class Sandbox:
         if cfg.seed:
             bc_backend.seed(cfg.fixture)
         self.webhooks = slots["bc"].app.extensions["bc"]["webhooks"]
-        self.webhooks.start()
         self.backends = {"dataverse": backend, "bc": bc_backend}
         app = directory.integration_app
         bc_url = self.urls["bc"]
@@ -199,13 +205,50 @@ class Sandbox:
             "ca_bundle": str(self.tls_files.ca_bundle.resolve()) if self.tls_files else None,
         }
         self.apps = {name: slot.app for name, slot in slots.items()}
+        if cfg.service_processes and self.servers and not _in_memory(bc_backend.store.engine):
+            self._serve_apart("bc")
+        else:
+            self.webhooks.start()
         for name, server in self.servers.items():
+            server.prepare()  # here, not in the thread: a stop right after start finds it serving
             thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
         # Last, so that a sandbox.json always describes a sandbox that did start; it holds the admin token.
         write_private(cfg.data_dir / "sandbox.json", json.dumps(self.info, indent=2) + "\n")
         return self.info
+
+    def _serve_apart(self, name: str) -> None:
+        """Fork a process that serves ``name`` (with BC's webhooks); this one lets its port go and
+        forgets its app. Nothing of ours runs a thread yet, and no database connection crosses the fork."""
+        for backend in self.backends.values():
+            backend.store.engine.dispose()
+        self.clock.share()
+        server, backend, webhooks = self.servers.pop(name), self.backends.pop(name), self.webhooks
+        others, lock = list(self.servers.values()), self._lock
+
+        def start() -> Callable[[], None]:
+            for other in others:
+                other.release()
+            if lock is not None:
+                lock.forget()
+            webhooks.start()
+            server.prepare()
+            thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
+            thread.start()
+            freeze_startup_heap()  # this process is the sandbox's own
+
+            def stop() -> None:
+                server.shutdown()
+                thread.join(timeout=5)
+                webhooks.stop()
+                backend.store.engine.dispose()
+            return stop
+
+        self.children[name] = ServiceProcess.fork(start)
+        server.release()
+        del self.apps[name]
+        self.webhooks = None
 
     def _bind(self, slots: dict[str, _AppSlot]) -> None:
         cfg = self.config
@@ -231,6 +274,8 @@ class Sandbox:
         return token
 
     def stop(self) -> None:
+        for child in self.children.values():
+            child.hang_up()
         stoppers = [threading.Thread(target=server.shutdown) for server in self.servers.values()]
         for stopper in stoppers:  # in parallel: each waits for its worker threads to finish
             stopper.start()
@@ -238,6 +283,9 @@ class Sandbox:
             stopper.join(timeout=10)
         for thread in self.threads:
             thread.join(timeout=5)
+        for child in self.children.values():
+            child.stop()
+        self.children.clear()
         if getattr(self, "webhooks", None) is not None:
             self.webhooks.stop()
         for backend in getattr(self, "backends", {}).values():
@@ -245,6 +293,10 @@ class Sandbox:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _in_memory(engine: Any) -> bool:
+    return engine.url.get_backend_name() == "sqlite" and engine.url.database in (None, "", ":memory:")
 
 
 def freeze_startup_heap() -> None:

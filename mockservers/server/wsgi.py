@@ -128,23 +128,7 @@ def bind(service: str, host: str, port: int, app: Any, tls: TlsFiles | None = No
     try:
         return ServiceServer(host, port, app, tls=tls)
     except OSError as error:
-        # cheroot folds the reason into its message text; bind once more to learn the errno.
-        raise BindError(service, host, port, _bind_error(host, port) or error) from None
-
-
-def _bind_error(host: str, port: int) -> OSError | None:
-    try:
-        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
-    except OSError as error:
-        return error
-    for family, kind, proto, _name, address in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(address)
-            except OSError as error:
-                return error
-    return None
+        raise BindError(service, host, port, error) from None
 
 
 # Connections waiting in the kernel for the server to accept them (cheroot's default of 5 overflows under
@@ -156,28 +140,77 @@ KEEP_ALIVE_CONNECTIONS = 1000
 WORKER_THREADS = 64
 
 
+class _PreBoundServer(wsgi.Server):
+    """cheroot's WSGI server on a socket bound beforehand.
+
+    cheroot binds, listens, starts its worker threads and opens its selector in one step
+    (``prepare``). Here binding comes first, alone, so the port is known and held while no thread
+    exists yet: a sandbox that serves a service from another process forks after binding.
+    """
+
+    bound: socket.socket | None = None
+
+    def bind(self, family: int, type: int, proto: int = 0) -> socket.socket:  # noqa: A002 (cheroot's names)
+        if self.bound is None:
+            self.bound = super().bind(family, type, proto)
+        self.socket = self.bound
+        return self.bound
+
+
 class ServiceServer:
     def __init__(self, host: str, port: int, app: Any, tls: TlsFiles | None = None,
                  threads: int = WORKER_THREADS) -> None:
-        self._server = wsgi.Server((host, port), app, numthreads=threads, timeout=30, shutdown_timeout=2,
-                                   request_queue_size=LISTEN_BACKLOG)
+        self._server = _PreBoundServer((host, port), app, numthreads=threads, timeout=30, shutdown_timeout=2,
+                                       request_queue_size=LISTEN_BACKLOG)
         self._server.keep_alive_conn_limit = KEEP_ALIVE_CONNECTIONS
         # Request line plus headers: far above the services' own URL limits (which answer in their
         # envelopes), low enough that a 20 MB URL is refused before a worker spends seconds on it.
         self._server.max_request_header_size = MAX_REQUEST_HEAD_BYTES
         self._server.gateway = _Gateway
         self._server.ConnectionClass = _Connection
-        self._server.prepare()  # binds and listens now; connections are accepted from serve_forever on
+        self._listen(host, port)  # connections queue from now on; they are accepted once serving
         self.port: int = self._server.bind_addr[1]
+        self._serving = False
         if tls is not None:
             self.use_tls(tls)
+
+    def _listen(self, host: str, port: int) -> None:
+        """Bind the first address ``host`` resolves to that takes the port (as cheroot would), and
+        listen; an OSError here carries the reason's errno (cheroot's own ``prepare`` folds it into text)."""
+        infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+        failure: OSError | None = None
+        for family, kind, proto, _name, _address in infos:
+            try:
+                self._server.bind(family, kind, proto).listen(LISTEN_BACKLOG)
+                return
+            except OSError as error:
+                failure = failure or error
+                if self._server.bound is not None:
+                    self._server.bound.close()
+                self._server.bound = None
+        raise failure or OSError(errno.EADDRNOTAVAIL, f"no address for {host!r}")
 
     def use_tls(self, tls: TlsFiles) -> None:
         """Serve HTTPS; cheroot wraps each accepted connection, so this may follow the bind."""
         self._server.ssl_adapter = BuiltinSSLAdapter(str(tls.cert_chain), str(tls.private_key))
 
+    def prepare(self) -> None:
+        """Start the worker threads and the connection selector: serving begins in this process."""
+        if not self._serving:
+            self._server.prepare()
+            self._serving = True
+
     def serve_forever(self) -> None:
+        self.prepare()
         self._server.serve()
 
+    def release(self) -> None:
+        """Let go of the port without serving it: another process serves it from its own copy."""
+        if not self._serving and self._server.bound is not None:
+            self._server.bound.close()
+
     def shutdown(self) -> None:
-        self._server.stop()
+        if self._serving:
+            self._server.stop()
+        else:
+            self.release()
