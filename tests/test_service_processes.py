@@ -201,3 +201,28 @@ def test_one_process_serves_everything_when_asked(tmp_path: Path) -> None:
 class OneProcess(Served):
     def args(self) -> list[str]:
         return [*super().args(), "--one-process"]
+
+
+def test_the_testing_kit_serves_bc_apart_when_asked(tmp_path: Path) -> None:
+    """``start_sandbox(mode="live", service_processes=True)``, as the benchmark serves its sandbox:
+    the kit's clock, journal and reset reach BC in its own process, and stop leaves no process."""
+    from mockservers.testing import start_sandbox
+
+    sandbox = start_sandbox(tmp_path / "kit", mode="live", tls=False, service_processes=True)
+    try:
+        (child,) = [process.pid for process in sandbox.sandbox.children.values()]
+        assert child in children(os.getpid())
+        frozen = sandbox.clock.freeze()
+        bc = sandbox.bc_session()
+        created = bc.post(f"{sandbox.bc_api}/companies({sandbox.companies[0]})/customers",
+                          json={"displayName": "Kit"})
+        assert created.status_code == 201, created.text
+        assert instant(created.json()["lastModifiedDateTime"]) == frozen
+        assert [r.method for r in sandbox.journal.requests("bc", path_prefix="/v2.0/") if "/customers" in r.path] \
+            == ["POST"]
+        sandbox.reset(fixture=None)
+        assert bc.get(f"{sandbox.bc_api}/companies({sandbox.companies[0]})/customers").json()["value"] == []
+    finally:
+        sandbox.stop()
+    assert gone(child)
+
