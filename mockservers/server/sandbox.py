@@ -245,8 +245,10 @@ class Sandbox:
                 backend.store.engine.dispose()
             return stop
 
-        self.children[name] = ServiceProcess.fork(start)
-        server.release()
+        try:
+            self.children[name] = ServiceProcess.fork(start)
+        finally:  # served by the child now, or by no one when the fork failed (the start then fails)
+            server.release()
         del self.apps[name]
         self.webhooks = None
 
