@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -86,8 +87,17 @@ def stands(state: dict[str, object]) -> tuple[datetime, object]:
 
 
 @pytest.fixture
-def split(tmp_path: Path) -> Served:
-    return Served(tmp_path / "data", free_ports(3), tls=False)
+def split(tmp_path: Path) -> Iterator[Served]:
+    served = Served(tmp_path / "data", free_ports(3), tls=False)
+    try:
+        yield served
+    finally:
+        running = served.process is not None and served.process.poll() is None
+        orphans = children(served.process.pid) if running and served.process is not None else []
+        served.kill()  # the BC process follows its parent; should it not, it goes too
+        for pid in orphans:
+            if not gone(pid, within=5):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_bc_answers_from_a_process_of_its_own(split: Served) -> None:
