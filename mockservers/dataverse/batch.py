@@ -26,6 +26,7 @@ Choices where the public documentation
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -238,10 +239,10 @@ def _parse_http_request(payload: bytes, where: str) -> InnerRequest:
     method = match.group("method").decode("ascii").upper()
     url = match.group("url").decode("utf-8", "replace")
     try:
-        urlsplit(url)
+        path = urlsplit(url).path if "://" in url else url.split("?", 1)[0]
     except ValueError:
         raise BatchFormatError(f"The {where} has a malformed URL.") from None
-    if _is_batch_url(url):
+    if path.rstrip("/").rsplit("/", 1)[-1] == "$batch":
         raise BatchFormatError(f"The {where} is itself a $batch request; batches cannot nest.")
     return InnerRequest(method=method, url=url, headers=headers, body=body)
 
@@ -291,11 +292,7 @@ def _subparts(message: Message) -> Iterator[Message]:
         yield part
 
 
-def _is_batch_url(url: str) -> bool:
-    path = urlsplit(url).path if "://" in url else url.split("?", 1)[0]
-    return path.rstrip("/").rsplit("/", 1)[-1] == "$batch"
-
-
+@functools.lru_cache(maxsize=4096)  # a batch asks twice per request (its run, then the request itself)
 def service_path(url: str, api_root_path: str = API_ROOT_PATH) -> str:
     """Map an inner URL (absolute, ``/host-relative`` or ``root-relative``) to ``/path?query``.
 

@@ -26,29 +26,36 @@ class KeyPredicate:
     single_quoted: bool = False
 
 
+# The characters that change how a path splits; everything between them is copied as it stands.
+_SPECIAL = re.compile(r"['()/]")
+
+
 def split_path(path: str) -> list[Segment]:
-    """Split on ``/`` outside quotes and parentheses; parse ``name(key)`` segments."""
+    """Split on ``/`` outside quotes and parentheses; parse ``name(key)`` segments.
+
+    Only the quotes, parentheses and slashes are visited (a batch splits thousands of URLs and binds)."""
     segments: list[Segment] = []
     depth = 0
     quoted = False
-    current = ""
-    for ch in path:
+    start = 0
+    for match in _SPECIAL.finditer(path):
+        ch = match.group()
         if ch == "'":
             quoted = not quoted  # doubled quotes toggle twice: still correct
-        elif not quoted and ch == "(":
+        elif quoted:
+            continue
+        elif ch == "(":
             depth += 1
-        elif not quoted and ch == ")":
+        elif ch == ")":
             depth -= 1
-        if ch == "/" and depth == 0 and not quoted:
-            if current:
-                segments.append(_segment(current))
-            current = ""
-        else:
-            current += ch
+        elif depth == 0:  # a slash between segments
+            if match.start() > start:
+                segments.append(_segment(path[start:match.start()]))
+            start = match.end()
     if depth != 0 or quoted:
         raise QuerySyntaxError(f"Bad Request - Error in query syntax: unbalanced key in '{path}'.")
-    if current:
-        segments.append(_segment(current))
+    if len(path) > start:
+        segments.append(_segment(path[start:]))
     return segments
 
 
