@@ -7,6 +7,7 @@ HTTP lives in ``responses.py``.
 
 from __future__ import annotations
 
+import functools
 import re
 import uuid
 from dataclasses import dataclass
@@ -346,27 +347,17 @@ class DataverseBackend:
         """Resolve an ``@odata.bind`` / ``@odata.id`` value to the referenced record."""
         if not isinstance(url, str) or not url:
             raise exc.bad_request("The @odata.bind value must be a URI string.")
-        path = url
-        marker = "/api/data/v9.2/"
-        if marker in path:
-            path = path.split(marker, 1)[1]
-        path = path.lstrip("/")
-        try:
-            segments = split_path(path)
-        except engine.ODataError as error:
-            raise exc.bad_request(f"Invalid URI in @odata.bind: '{url}'.") from error
-        if len(segments) != 1 or segments[0].key is None:
-            raise exc.bad_request(f"Invalid URI in @odata.bind: '{url}'.")
-        target = self.schema.by_set(segments[0].name)
+        set_name, raw_key = _reference_segment(url)
+        target = self.schema.by_set(set_name)
         if target is None:
-            raise exc.segment_not_found(segments[0].name)
+            raise exc.segment_not_found(set_name)
         try:
-            key = parse_key(segments[0].key)
+            key = _reference_key(raw_key)
         except engine.ODataError as error:
             raise exc.bad_request(f"Invalid key in @odata.bind: '{url}'.") from error
         row = self.find_by_key(conn, target, key)
         if row is None:
-            raise exc.not_found(target.name, segments[0].key)
+            raise exc.not_found(target.name, raw_key)
         return target, row
 
     def _bind_navigation(self, entity: EntityType, name: str, target: EntityType) -> Navigation:
@@ -1014,3 +1005,26 @@ def _binds_to_missing(backend: DataverseBackend, conn: Connection, key: str, val
     except DataverseError:
         return True
     return False
+
+
+# A batch binds the same few records (the company, the currency) in hundreds of operations: the text of a
+# reference is read once. Both are pure functions of the text; a refused text raises and is not kept.
+@functools.lru_cache(maxsize=1024)
+def _reference_segment(url: str) -> tuple[str, str]:
+    """The entity set and raw key of an ``@odata.bind`` / ``@odata.id`` URL (absolute or relative)."""
+    path = url
+    marker = "/api/data/v9.2/"
+    if marker in path:
+        path = path.split(marker, 1)[1]
+    try:
+        segments = split_path(path.lstrip("/"))
+    except engine.ODataError as error:
+        raise exc.bad_request(f"Invalid URI in @odata.bind: '{url}'.") from error
+    if len(segments) != 1 or segments[0].key is None:
+        raise exc.bad_request(f"Invalid URI in @odata.bind: '{url}'.")
+    return segments[0].name, segments[0].key
+
+
+@functools.lru_cache(maxsize=1024)
+def _reference_key(raw: str) -> KeyPredicate:
+    return parse_key(raw)
