@@ -159,10 +159,11 @@ def parse_batch(body: bytes, content_type: str) -> list[BatchPart]:
 
     parts: list[BatchPart] = []
     for index, part in enumerate(_subparts(message), start=1):
-        if part.get_content_maintype() == "multipart":
+        content_type = part.get_content_type()
+        if content_type.startswith("multipart/"):
             parts.append(_parse_changeset(part, index))
         else:
-            parts.append(_parse_http_part(part, f"part {index}"))
+            parts.append(_parse_http_part(part, f"part {index}", content_type))
     return parts
 
 
@@ -179,9 +180,10 @@ def _parse_changeset(part: Message, index: int) -> Changeset:
     seen_ids: set[str] = set()
     for number, inner in enumerate(_subparts(part), start=1):
         label = f"request {number} of the {where}"
-        if inner.get_content_maintype() == "multipart":
+        content_type = inner.get_content_type()
+        if content_type.startswith("multipart/"):
             raise BatchFormatError(f"The {where} contains a nested multipart part; changesets cannot nest.")
-        request = _parse_http_part(inner, label)
+        request = _parse_http_part(inner, label, content_type)
         if request.method == "GET":
             raise BatchFormatError(f"GET is not allowed inside a changeset ({label}).")
         if request.content_id is not None:
@@ -192,11 +194,9 @@ def _parse_changeset(part: Message, index: int) -> Changeset:
     return Changeset(boundary=boundary, requests=requests)
 
 
-def _parse_http_part(part: Message, where: str) -> InnerRequest:
-    if part.get_content_type() != "application/http":
-        raise BatchFormatError(
-            f"The {where} has Content-Type '{part.get_content_type()}'; expected application/http."
-        )
+def _parse_http_part(part: Message, where: str, content_type: str) -> InnerRequest:
+    if content_type != "application/http":
+        raise BatchFormatError(f"The {where} has Content-Type '{content_type}'; expected application/http.")
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         raise BatchFormatError(f"The {where} has no readable HTTP request.")
