@@ -551,6 +551,7 @@ class BCService:
             in one savepoint, answered as if one by one. If any of them fails, the run is rolled back and
             its operations go one by one after all."""
             run: list[tuple[Any, _Create | _Update]] = []
+            run_keys: set[str] = set()  # the records the run's updates write (a record joins a run once)
             others: list[Any] = []
 
             def flush() -> None:
@@ -569,6 +570,7 @@ class BCService:
                     responses.extend(self._outcome(item, result) for (item, _), result in zip(run, together,
                                                                                               strict=True))
                 run.clear()
+                run_keys.clear()
                 run_in_turn(others)
                 others.clear()
 
@@ -576,8 +578,12 @@ class BCService:
                 if not run or type(run[0][1]) is not type(op) or (run[0][1].entity, run[0][1].company.id) != (
                         op.entity, op.company.id):
                     return False
-                return not isinstance(op, _Update) or all(
-                    isinstance(other, _Update) and other.key.lower() != op.key.lower() for _, other in run)
+                return not isinstance(op, _Update) or op.key.lower() not in run_keys  # the run's ops share a type
+
+            def add(item: Any, op: _Create | _Update) -> None:
+                run.append((item, op))
+                if isinstance(op, _Update):
+                    run_keys.add(op.key.lower())
 
             for item in requests_:
                 if not self.group_writes:
@@ -585,12 +591,12 @@ class BCService:
                     continue
                 deferred = self._deferred_write(req, route, item, company_arg)
                 if deferred is not None and joins(deferred):
-                    run.append((item, deferred))
+                    add(item, deferred)
                     continue
                 if run or deferred is not None:
                     flush()
                 if deferred is not None:
-                    run.append((item, deferred))
+                    add(item, deferred)
                 else:
                     others.append(item)
             flush()
