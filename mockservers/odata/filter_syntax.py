@@ -360,14 +360,19 @@ _parse_cached = functools.lru_cache(maxsize=CACHED_TREES)(_parse_filter)
 
 
 # -- tree helpers ----------------------------------------------------------------------------------
+_SEQUENCES = (list, tuple)
+
+
 def children(node: ast._Node) -> list[ast._Node]:
-    """The direct child nodes of ``node``, in field order."""
+    """The direct child nodes of ``node``, in field order (every check visits each node: kept lean)."""
     found: list[ast._Node] = []
     for value in vars(node).values():
         if isinstance(value, ast._Node):
             found.append(value)
-        elif isinstance(value, list | tuple):
-            found.extend(v for v in value if isinstance(v, ast._Node))
+        elif isinstance(value, _SEQUENCES):
+            for item in value:
+                if isinstance(item, ast._Node):
+                    found.append(item)
     return found
 
 
@@ -466,13 +471,13 @@ def check_limits(tree: ast._Node) -> None:
     nesting: dict[int, int] = {}
     sql_depth: dict[int, int] = {}
     literals = 0
-    stack: list[tuple[ast._Node, bool]] = [(tree, False)]
+    stack: list[tuple[ast._Node, list[ast._Node] | None]] = [(tree, None)]  # a node's children once it was seen
     while stack:
-        node, ready = stack.pop()
-        kids = children(node)
-        if not ready:
-            stack.append((node, True))
-            stack.extend((kid, False) for kid in kids)
+        node, kids = stack.pop()
+        if kids is None:
+            kids = children(node)
+            stack.append((node, kids))
+            stack.extend((kid, None) for kid in kids)
             continue
         literals += isinstance(node, ast._Literal) and not isinstance(node, ast.List)
         structural = isinstance(node, Junction | ast.Compare | ast.BinOp | ast.UnaryOp | ast.Call |
