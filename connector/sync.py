@@ -250,31 +250,37 @@ class Pass:
         own records), so a chunk decided before the previous one is recorded resolves them alike.
         """
         flights: deque[_Flight] = deque()  # on the wire, oldest first
-        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="sync-batch") as wire:
+        with ThreadPoolExecutor(max_workers=IN_FLIGHT, thread_name_prefix="sync-batch") as wire, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-read") as reader:
             for chunk in chunks(sources, self.cx.config.page_size):
                 keys = {self._source_key(s) for s in chunk}
                 if any(not f.keys.isdisjoint(keys) for f in flights):
                     while flights:
                         self._land(flights.popleft())
-                items = self._prepare(chunk)
+                items, destinations = self._couple(chunk, reader)
                 landed = flights.popleft() if len(flights) == IN_FLIGHT else None
-                if landed is not None:
+                if landed is not None:  # its answers come back while this chunk's destinations are read
                     self._receive_all(landed)
+                self._prepare(items, destinations.result())
                 flights.append(self._send(items, wire))
                 if landed is not None:
                     self._record_all(landed)
             while flights:
                 self._land(flights.popleft())
 
-    def _prepare(self, sources: list[dict[str, Any]]) -> list[Item]:
-        """Read what a chunk needs (couplings, destinations, lookups) and decide each record."""
+    def _couple(self, sources: list[dict[str, Any]],
+                reader: ThreadPoolExecutor) -> tuple[list[Item], Future[dict[str, dict[str, Any]]]]:
+        """A chunk's items with their couplings, and the read of their destinations, under way."""
         items = [Item(source=s) for s in sources]
         couplings = self._couplings([self._source_key(s) for s in sources])
         for item in items:
             item.coupling = couplings.get(self._source_key(item.source))
             self.latest_source_modified = _later(self.latest_source_modified, self._source_modified(item.source))
-        destinations = self._read_destinations(
-            [self._destination_key(i.coupling, self.to_dataverse) for i in items if i.coupling])
+        return items, reader.submit(self._read_destinations,
+                                    [self._destination_key(i.coupling, self.to_dataverse) for i in items if i.coupling])
+
+    def _prepare(self, items: list[Item], destinations: dict[str, dict[str, Any]]) -> None:
+        """What else a chunk needs (natural keys, lookups), then each record decided."""
         for item in items:
             if item.coupling:
                 item.destination = destinations.get(self._destination_key(item.coupling, self.to_dataverse))
@@ -283,7 +289,6 @@ class Pass:
         self.rules.prepare([i.source for i in items], self.to_dataverse)
         for item in items:
             self._decide(item)
-        return items
 
     def _land(self, flight: _Flight) -> None:
         """A chunk's answers: apply them, retry the records whose destination changed under us, record."""
