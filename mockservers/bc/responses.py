@@ -17,7 +17,7 @@ from werkzeug.datastructures import Headers, MultiDict
 
 from ..odata import errors as engine
 from ..odata.csdl import render_csdl
-from ..odata.jsonbody import InvalidJson, parse_json
+from ..odata.jsonbody import InvalidJson, check_json, parse_json
 from ..odata.protocol import Result, parse_max_page_size, parse_prefer
 from ..odata.query import QueryOptions, parse_options
 from ..odata.schema import EntityType, Schema
@@ -50,6 +50,8 @@ class Request:
     body: bytes
     base_url: str  # scheme://host:port
     principal: dict[str, Any] = field(default_factory=dict)
+    # A $batch operation's body arrives decoded inside its envelope: (value,), checked as a body when read.
+    decoded: tuple[Any] | None = None
 
 
 @dataclass
@@ -368,6 +370,8 @@ class BCService:
 
     def _body(self, req: Request, *, allow_surrogates: bool = False) -> Any:
         try:
+            if req.decoded is not None:
+                return check_json(req.decoded[0], allow_surrogates=allow_surrogates)
             return parse_json(req.body, allow_surrogates=allow_surrogates)
         except InvalidJson:
             raise exc.bad_request("Invalid Request Body") from None
@@ -715,8 +719,8 @@ class BCService:
             args["company"] = company
         body = item.get("body")
         return Request(method=item["method"].upper(), path=unquote(path), args=args, headers=headers,
-                       body=json.dumps(body).encode() if body is not None else b"", base_url=req.base_url,
-                       principal=req.principal)
+                       body=b"", base_url=req.base_url, principal=req.principal,
+                       decoded=(body,) if body is not None else None)
 
     @staticmethod
     def _outcome(item: dict[str, Any], result: Result) -> dict[str, Any]:

@@ -57,6 +57,13 @@ def parse_json(raw: bytes | str, *, max_depth: int = MAX_DEPTH, allow_surrogates
     return value
 
 
+def check_json(value: Any, *, max_depth: int = MAX_DEPTH, allow_surrogates: bool = False) -> Any:
+    """``value``, decoded already (a BC ``$batch`` operation's body, read with its envelope), held to
+    what :func:`parse_json` holds a body to once it is decoded; raises ``InvalidJson``."""
+    _check(value, max_depth, allow_surrogates)
+    return value
+
+
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
