@@ -119,13 +119,12 @@ class Served:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log and self.log.is_file() else ""
 
-    def session(self) -> requests.Session:
-        """An authenticated Web API session, token from the sandbox's own identity service."""
+    def session(self, service: str = "dataverse") -> requests.Session:
+        """An authenticated session for ``service``'s API, token from the sandbox's own identity service."""
         resp = requests.post(
             f"{self.info['identity']['url']}/{self.info['tenant_id']}/oauth2/v2.0/token",
             data={"grant_type": "client_credentials", "client_id": self.info["app"]["client_id"],
-                  "client_secret": self.info["app"]["client_secret"],
-                  "scope": f"{self.info['dataverse']['url']}/.default"},
+                  "client_secret": self.info["app"]["client_secret"], "scope": self.info[service]["scope"]},
             verify=self.verify, timeout=10,
         )
         assert resp.status_code == 200, resp.text
@@ -134,9 +133,11 @@ class Served:
         s.headers.update({"Authorization": f"Bearer {resp.json()['access_token']}", "Accept": "application/json"})
         return s
 
-    def control(self, method: str, path: str, token: str | None = None) -> requests.Response:
-        return requests.request(method, f"{self.info['dataverse']['url']}/_sandbox/{path}", verify=self.verify,
-                                headers={"Authorization": f"Bearer {token or self.info['admin_token']}"}, timeout=10)
+    def control(self, method: str, path: str, token: str | None = None, *, service: str = "dataverse",
+                **kwargs: Any) -> requests.Response:
+        return requests.request(method, f"{self.info[service]['url']}/_sandbox/{path}", verify=self.verify,
+                                headers={"Authorization": f"Bearer {token or self.info['admin_token']}"}, timeout=10,
+                                **kwargs)
 
 
 @pytest.fixture

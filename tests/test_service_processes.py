@@ -16,7 +16,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import requests
 
 from tests.test_sandbox_serve import STOP_TIMEOUT, Served, free_ports
 
@@ -55,28 +54,6 @@ def port_free(port: int) -> bool:
     return True
 
 
-def token(served: Served, scope: str) -> str:
-    info = served.info
-    resp = requests.post(f"{info['identity']['url']}/{info['tenant_id']}/oauth2/v2.0/token", verify=served.verify,
-                         data={"grant_type": "client_credentials", "client_id": info["app"]["client_id"],
-                               "client_secret": info["app"]["client_secret"], "scope": scope}, timeout=10)
-    assert resp.status_code == 200, resp.text
-    return str(resp.json()["access_token"])
-
-
-def bc_session(served: Served) -> requests.Session:
-    s = requests.Session()
-    s.verify = served.verify
-    s.headers["Authorization"] = f"Bearer {token(served, served.info['bc']['scope'])}"
-    return s
-
-
-def control(served: Served, service: str, method: str, path: str, **kwargs: object) -> requests.Response:
-    return requests.request(method, f"{served.info[service]['url']}/_sandbox/{path}", verify=served.verify,
-                            headers={"Authorization": f"Bearer {served.info['admin_token']}"}, timeout=10,
-                            **kwargs)  # type: ignore[arg-type]
-
-
 def instant(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
@@ -109,7 +86,7 @@ def test_bc_answers_from_a_process_of_its_own(split: Served) -> None:
               if _is_listening_socket_of(p, bc_port)}
     assert owners == {child}, "only the child holds BC's port"
 
-    resp = bc_session(split).get(f"{split.info['bc']['api_root']}/companies({COMPANY})/customers?$top=1")
+    resp = split.session("bc").get(f"{split.info['bc']['api_root']}/companies({COMPANY})/customers?$top=1")
     assert resp.status_code == 200, resp.text
     assert len(resp.json()["value"]) == 1
     assert split.session().get(f"{split.info['dataverse']['api_root']}/accounts?$top=1").status_code == 200
@@ -137,19 +114,19 @@ def test_one_clock_across_the_processes(split: Served) -> None:
     with that time, and BC's control API reports it; moved through BC, Dataverse follows."""
     split.start()
     ahead = datetime.now(UTC) + timedelta(days=400)
-    moved = control(split, "dataverse", "PUT", "clock", json={"now": ahead.isoformat(), "frozen": True})
+    moved = split.control("PUT", "clock", service="dataverse", json={"now": ahead.isoformat(), "frozen": True})
     assert moved.status_code == 200, moved.text
-    assert stands(control(split, "bc", "GET", "clock").json()) == stands(moved.json())
+    assert stands(split.control("GET", "clock", service="bc").json()) == stands(moved.json())
 
-    bc = bc_session(split)  # issued on the moved clock
+    bc = split.session("bc")  # issued on the moved clock
     created = bc.post(f"{split.info['bc']['api_root']}/companies({COMPANY})/customers", json={"displayName": "Ahead"})
     assert created.status_code == 201, created.text
     assert instant(created.json()["lastModifiedDateTime"]) == instant(moved.json()["now"])
 
-    again = control(split, "bc", "PUT", "clock", json={"advance_seconds": 3600})
+    again = split.control("PUT", "clock", service="bc", json={"advance_seconds": 3600})
     assert again.status_code == 200, again.text
     assert instant(again.json()["now"]) == instant(moved.json()["now"]) + timedelta(hours=1)
-    assert stands(control(split, "dataverse", "GET", "clock").json()) == stands(again.json())
+    assert stands(split.control("GET", "clock", service="dataverse").json()) == stands(again.json())
     account = split.session().post(f"{split.info['dataverse']['api_root']}/accounts", json={"name": "Ahead"},
                                    headers={"Prefer": "return=representation"})
     assert account.status_code == 201, account.text
@@ -160,12 +137,12 @@ def test_one_clock_across_the_processes(split: Served) -> None:
 def test_each_service_journals_its_own_requests(split: Served) -> None:
     split.start()
     for service in ("dataverse", "bc"):
-        assert control(split, service, "DELETE", "journal").status_code in (200, 204)
-    bc = bc_session(split)
+        assert split.control("DELETE", "journal", service=service).status_code in (200, 204)
+    bc = split.session("bc")
     for _ in range(3):
         assert bc.get(f"{split.info['bc']['api_root']}/companies({COMPANY})/customers?$top=1").status_code == 200
-    bc_entries = control(split, "bc", "GET", "journal").json()["value"]
-    dv_entries = control(split, "dataverse", "GET", "journal").json()["value"]
+    bc_entries = split.control("GET", "journal", service="bc").json()["value"]
+    dv_entries = split.control("GET", "journal", service="dataverse").json()["value"]
     assert [e["method"] for e in bc_entries if "/customers" in e["path"]] == ["GET"] * 3
     assert not [e for e in dv_entries if "/customers" in e["path"]]
 
@@ -192,7 +169,7 @@ def test_the_bc_process_stops_when_the_sandbox_is_killed(split: Served) -> None:
     assert gone(child), "an orphaned BC process kept serving"
     assert port_free(split.ports[2])
     split.start()
-    assert bc_session(split).get(f"{split.info['bc']['api_root']}/companies").status_code == 200
+    assert split.session("bc").get(f"{split.info['bc']['api_root']}/companies").status_code == 200
     assert split.stop() == 0
 
 
@@ -202,7 +179,7 @@ def test_one_process_serves_everything_when_asked(tmp_path: Path) -> None:
         served.start()
         assert served.process is not None
         assert children(served.process.pid) == []
-        assert bc_session(served).get(f"{served.info['bc']['api_root']}/companies").status_code == 200
+        assert served.session("bc").get(f"{served.info['bc']['api_root']}/companies").status_code == 200
         assert served.stop() == 0
     finally:
         served.kill()

@@ -54,7 +54,6 @@ class DataDirLock:
             os.ftruncate(fd, 0)  # a reader never finds a PID that no longer holds it
         os.close(fd)  # closing the descriptor drops the lock
 
-
     def forget(self) -> None:
         """In a process forked from the holder: close this copy of the descriptor. The lock belongs to
         the open file, which the holder keeps, so it stays held and goes away with the holder."""
