@@ -20,6 +20,7 @@ import shutil
 import socket
 import statistics
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -127,8 +128,29 @@ end
 
 @contextmanager
 def bare_flask(rows: int = 1000) -> Iterator[str]:
-    """A bare Flask app on ``ServiceServer`` (same worker threads as the services, plain HTTP); yields
-    the URL of one keyed row (``…/rows/<key>``)."""
+    """A bare Flask app on ``ServiceServer`` (same worker threads as the services, plain HTTP) in a
+    process of its own, as each service answers from processes of their own; yields the URL of one
+    keyed row (``…/rows/<key>``). In this process its speed would hang on what else this process
+    holds (the benchmark's data, its threads)."""
+    process = subprocess.Popen([sys.executable, "-c", f"from bench.anchors import serve_bare_flask; serve_bare_flask({rows})"],
+                               stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert process.stdout is not None
+        port = int(process.stdout.readline())
+        yield f"http://127.0.0.1:{port}/rows/{rows // 2:08d}"
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()  # the anchor stops at the end of its input
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def serve_bare_flask(rows: int) -> None:
+    """The anchor's process: print the port, serve until its input ends."""
     from flask import Flask, abort, jsonify
 
     from mockservers.server.wsgi import WORKER_THREADS, ServiceServer
@@ -146,11 +168,10 @@ def bare_flask(rows: int = 1000) -> Iterator[str]:
     server = ServiceServer("127.0.0.1", 0, app, threads=WORKER_THREADS)
     thread = threading.Thread(target=server.serve_forever, name="anchor-flask", daemon=True)
     thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.port}/rows/{rows // 2:08d}"
-    finally:
-        server.shutdown()
-        thread.join(5)
+    print(server.port, flush=True)
+    sys.stdin.read()
+    server.shutdown()
+    thread.join(5)
 
 
 # -- json-server ---------------------------------------------------------------------------------------

@@ -91,24 +91,21 @@ def build_template(directory: Path, customers: int, *, accounts: int = 0, overla
     return Template(directory, customers, accounts, dataset.matching, report.seconds, report.requests)
 
 
+WORKERS = 2  # processes per service in a live sandbox: one per core of the machine the goals are set on
+
+
 def sandbox_from(template: Template | None, directory: Path, *, mode: str = "live", tls: bool = True,
                  limits: bool = True) -> RunningSandbox:
     """A sandbox in ``directory``/sandbox holding ``template``'s data (empty without one).
     ``limits=False`` switches service protection off (throughput figures measure the services, not
     their 429s)."""
     directory.mkdir(parents=True, exist_ok=True)
-    live = mode == "live"  # served as `mockservers serve` serves it (the benchmark's process is ours)
+    live = mode == "live"  # served as `mockservers serve --workers 2` serves it (the benchmark's process is ours)
     sandbox = start_sandbox(directory / "sandbox", mode=mode, fixture=None, tls=tls,  # type: ignore[arg-type]
-                            template=template.directory if template else None, service_processes=live)
+                            template=template.directory if template else None, service_processes=live,
+                            workers=WORKERS if live else 1, limits=limits)
     if live:
         freeze_startup_heap()
-    try:
-        if not limits:
-            for name in SERVICES:
-                sandbox.controls[name].set_limits(enabled=False)
-    except BaseException:
-        sandbox.stop()
-        raise
     return sandbox
 
 

@@ -21,6 +21,7 @@ from urllib3.util.retry import Retry
 from .sandbox.fixtures import FixtureError, UnknownFixture
 from .server import Sandbox, SandboxConfig, freeze_startup_heap
 from .server.lock import DataDirLocked
+from .server.sandbox import SandboxConfigError
 from .server.wsgi import BindError, access_logger
 
 console = Console(stderr=True, soft_wrap=True)
@@ -62,16 +63,23 @@ def main() -> None:
               help="Seconds BC waits after a change before sending webhook notifications.")
 @click.option("--service-processes/--one-process", default=True, show_default=True,
               help="Serve BC from a process of its own, so Dataverse and BC answer on two cores.")
+@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True,
+              help="Processes serving each of Dataverse and BC on its one port, so each service answers on every core.")
+@click.option("--limits/--no-limits", default=True, show_default=True,
+              help="Service protection (429 over the per-user limits); off, the control API cannot switch it on.")
 def serve(data_dir: Path, seed: bool, fixture: str, fixtures_dirs: tuple[Path, ...], tls: bool, host: str,
           identity_port: int, dataverse_port: int, bc_port: int, db_url: str | None, bc_db_url: str | None,
-          bc_max_page_size: int, webhook_delay: float, access_log: bool, service_processes: bool) -> None:
+          bc_max_page_size: int, webhook_delay: float, access_log: bool, service_processes: bool,
+          workers: int, limits: bool) -> None:
     """Run the sandbox in the foreground until Ctrl+C."""
+    if workers > 1 and not service_processes:
+        raise click.UsageError(f"--workers {workers} serves each service from processes of its own; drop --one-process")
     config = SandboxConfig(data_dir=data_dir, host=host, identity_port=identity_port,
                            dataverse_port=dataverse_port, bc_port=bc_port, tls=tls, seed=seed,
                            fixture=fixture, db_url=db_url, bc_db_url=bc_db_url,
                            bc_max_page_size=bc_max_page_size, webhook_delay_seconds=webhook_delay,
                            access_log=access_log, fixtures_dirs=fixtures_dirs,
-                           service_processes=service_processes)
+                           service_processes=service_processes, workers=workers, limits=limits)
     if access_log:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
@@ -101,6 +109,8 @@ def serve(data_dir: Path, seed: bool, fixture: str, fixtures_dirs: tuple[Path, .
     except OSError as error:
         where = f" ({error.filename})" if error.filename else ""
         raise click.ClickException(f"cannot start the sandbox: {error.strerror or error}{where}") from None
+    except SandboxConfigError as error:
+        raise click.ClickException(str(error)) from None
     except SQLAlchemyError as error:
         raise click.ClickException(f"cannot open the database: {str(error).splitlines()[0]}; check --db-url / "
                                    "--bc-db-url") from None

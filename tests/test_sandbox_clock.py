@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import pytest
@@ -46,6 +47,22 @@ def test_frozen_clock_stamps_rows_of_both_services_with_its_time(sandbox_inproce
     patched = sb.session().patch(f"{sb.api}/accounts({account['accountid']})", json={"name": "Later"},
                                  headers={"Prefer": "return=representation", "If-Match": "*"}).json()
     assert instant(patched["modifiedon"]) == later and instant(patched["createdon"]) == at
+
+
+def test_the_date_header_is_the_sandbox_clocks_second(sandbox_inprocess: RunningSandbox) -> None:
+    """Each answer's Date is the clock's time in whole seconds, moved or frozen, a second on when the
+    clock is (the text of one second is reused within it)."""
+    sb = sandbox_inprocess
+    at = datetime(2031, 5, 17, 9, 30, 12, 600_000, tzinfo=UTC)
+    sb.clock.freeze(at)
+    dates = []
+    for step in (0, 0.3, 0.2, 1, 3600):
+        sb.clock.advance(seconds=step)
+        dates.append(parsedate_to_datetime(sb.session().get(f"{sb.api}/WhoAmI").headers["Date"]))
+        dates.append(parsedate_to_datetime(sb.bc_session().get(f"{sb.bc_api}/companies").headers["Date"]))
+    whole = at.replace(microsecond=0)
+    second = timedelta(seconds=1)
+    assert dates == [whole] * 4 + [whole + second] * 2 + [whole + 2 * second] * 2 + [whole + 3602 * second] * 2
 
 
 def test_resume_runs_on_from_the_frozen_time(sandbox_inprocess: RunningSandbox) -> None:

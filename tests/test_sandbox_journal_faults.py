@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -141,13 +143,21 @@ def test_control_calls_are_not_journaled(base: str, http: requests.Session, sand
 # -- journal as a unit ---------------------------------------------------------------------------
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def make_journal(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Journal]:
+    """``Journal(**kw)`` kept in memory or in a SQLite file: the journal behaves the same with either."""
+    def make(**kw: Any) -> Journal:
+        return Journal(**kw) if request.param == "memory" else Journal(path=tmp_path / "journal.db", **kw)
+    return make
+
+
 def _entry(method: str, path: str, status: int) -> JournalEntry:
     return JournalEntry(service="s", method=method, path=path, status=status)
 
 
 @pytest.fixture
-def filled() -> Journal:
-    journal = Journal()
+def filled(make_journal: Callable[..., Journal]) -> Journal:
+    journal = make_journal()
     for method, path, status in [
         ("GET", "/api/accounts", 200),
         ("POST", "/api/accounts", 201),
@@ -180,8 +190,8 @@ def test_journal_filters(filled: Journal, kwargs: dict, ids: list[int]) -> None:
     assert [e.id for e in filled.entries(**kwargs)] == ids
 
 
-def test_journal_counters_outlive_the_bounded_deque() -> None:
-    journal = Journal(maxlen=3)
+def test_journal_counters_outlive_the_bounded_deque(make_journal: Callable[..., Journal]) -> None:
+    journal = make_journal(maxlen=3)
     for n in range(5):
         journal.record(_entry("GET" if n % 2 else "POST", "/x", 200 if n < 4 else 503))
     assert [e.id for e in journal.entries()] == [3, 4, 5]
@@ -195,8 +205,8 @@ def test_journal_counters_outlive_the_bounded_deque() -> None:
     assert journal.record(_entry("GET", "/x", 200)).id == 1
 
 
-def test_journal_is_thread_safe() -> None:
-    journal = Journal()
+def test_journal_is_thread_safe(make_journal: Callable[..., Journal]) -> None:
+    journal = make_journal()
 
     def worker() -> None:
         for _ in range(500):

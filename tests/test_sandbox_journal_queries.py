@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -96,13 +98,21 @@ def test_a_bad_journal_query_is_400(traffic: RunningSandbox, params: dict[str, s
     assert says in resp.json()["error"]["message"]
 
 
+@pytest.fixture(params=["memory", "sqlite"])
+def make_journal(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Journal]:
+    """``Journal(**kw)`` kept in memory or in a SQLite file: the journal behaves the same with either."""
+    def make(**kw: Any) -> Journal:
+        return Journal(**kw) if request.param == "memory" else Journal(path=tmp_path / "journal.db", **kw)
+    return make
+
+
 def test_bodies_are_cut_at_the_limit() -> None:
     assert body_text(b"0123456789abc", 10) == ("0123456789", True)
     assert body_text(b"0123", 10) == ("0123", False) and body_text(b"", 10) == (None, False)
 
 
-def test_old_entries_make_room_for_new_bodies() -> None:
-    journal = Journal(maxlen=100, body_limit=10, body_budget=25)
+def test_old_entries_make_room_for_new_bodies(make_journal: Callable[..., Journal]) -> None:
+    journal = make_journal(maxlen=100, body_limit=10, body_budget=25)
     for index in range(4):
         entry = JournalEntry(service="s", method="POST", path=f"/p{index}")
         entry.body, entry.body_truncated = "0123456789", index == 0

@@ -115,6 +115,10 @@ class BCBackend:
         }
         self._ensure_companies()
 
+    def share(self) -> None:
+        """Call before forking processes that serve this environment: they learn of each other's writes."""
+        self.store.share()
+
     # -- companies --------------------------------------------------------------------------
     @property
     def company_entity(self) -> EntityType:

@@ -27,7 +27,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import sqlalchemy as sa
 
+from ..counters import Counters
 from ..odata.values import format_datetime
+from ..rpc import Host, Remote
 from .exceptions import BCError
 
 log = logging.getLogger(__name__)
@@ -336,7 +338,16 @@ class Webhooks:
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
         self._targets: frozenset[str] | None = None  # resources some subscription watches (None: read anew)
+        self.changes = Counters(["subscriptions"])  # the subscriptions changed (workers read `watched` anew)
         _metadata.create_all(engine, tables=[subscription_table], checkfirst=True)
+
+    def share(self) -> None:
+        """Call before forking BC's workers: they then learn when the subscriptions change."""
+        self.changes.share()
+
+    def _forget_targets(self) -> None:
+        self._targets = None
+        self.changes.add(("subscriptions",))
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -367,7 +378,7 @@ class Webhooks:
             "row_version": 1,
         }
         with self._lock, self.engine.begin() as conn:
-            self._targets = None
+            self._forget_targets()
             self._check_capacity(conn)  # another create may have won while we were handshaking
             conn.execute(subscription_table.insert().values(**row))
         return self._serialize(row)
@@ -404,7 +415,7 @@ class Webhooks:
         )
         table = subscription_table
         with self._lock, self.engine.begin() as conn:
-            self._targets = None
+            self._forget_targets()
             updated = conn.execute(
                 table.update()
                 .where(table.c.subscription_id == row["subscription_id"], table.c.row_version == row["row_version"])
@@ -425,7 +436,7 @@ class Webhooks:
         self._check_if_match(row, if_match, required=False)
         table = subscription_table
         with self._lock, self.engine.begin() as conn:
-            self._targets = None
+            self._forget_targets()
             deleted = conn.execute(table.delete().where(
                 table.c.subscription_id == row["subscription_id"], table.c.row_version == row["row_version"]
             )).rowcount
@@ -460,7 +471,7 @@ class Webhooks:
             raise ValueError(f"change_type must be one of {CHANGE_TYPES}, not {change_type!r}")
         prefix = canonical_prefix(api_prefix)
         target = ResourceTarget(prefix, company_id.lower(), entity_set)
-        if target.key not in self._watched():  # most writes: nobody subscribed to this resource
+        if target.key not in self.watched():  # most writes: nobody subscribed to this resource
             return
         now = _ms(self.clock())
         table = subscription_table
@@ -667,7 +678,7 @@ class Webhooks:
             "systemModifiedBy": row["modified_by"],
         }
 
-    def _watched(self) -> frozenset[str]:
+    def watched(self) -> frozenset[str]:
         """The resources with at least one subscription (expired ones included), read once and again
         after every change to the subscriptions, all of which go through this object."""
         targets = self._targets
@@ -682,7 +693,7 @@ class Webhooks:
         table = subscription_table
         now = _to_db(self.clock())
         with self._lock, self.engine.begin() as conn:
-            self._targets = None
+            self._forget_targets()
             expired = conn.execute(sa.select(table.c.subscription_id).where(table.c.expiration <= now)).scalars().all()
             if expired:
                 conn.execute(table.delete().where(table.c.subscription_id.in_(expired)))
@@ -692,7 +703,7 @@ class Webhooks:
         if not ids:
             return
         with self._lock, self.engine.begin() as conn:
-            self._targets = None
+            self._forget_targets()
             conn.execute(subscription_table.delete().where(subscription_table.c.subscription_id.in_(ids)))
             self._drop_pending(ids)
 
@@ -721,3 +732,56 @@ class Webhooks:
                 self._outboxes[new_url] = moved
             else:
                 target.absorb(moved, self.config.collection_threshold)
+
+
+# What a BC worker asks of the one Webhooks object in the sandbox's process.
+HOSTED_CALLS = ("create", "list_subscriptions", "get", "renew", "delete", "etag", "record_change", "watched",
+                "pending")
+
+
+class RemoteWebhooks:
+    """A BC worker's subscriptions and outbox, kept once in the sandbox's process: BC collects the
+    changes to a record within its delay into one notification, whichever worker made them."""
+
+    def __init__(self, host: Host, name: str, hosted: Webhooks) -> None:
+        self._remote = Remote(host, name)
+        self._changes = hosted.changes
+        self._watched: tuple[int, frozenset[str]] | None = None
+
+    def create(self, body: dict, *, user_id: str, api_prefix: str = "/api/v2.0") -> dict:
+        return self._remote.call("create", body, user_id=user_id, api_prefix=api_prefix)
+
+    def list_subscriptions(self) -> list[dict]:
+        return self._remote.call("list_subscriptions")
+
+    def get(self, subscription_id: str) -> dict:
+        return self._remote.call("get", subscription_id)
+
+    def renew(self, subscription_id: str, body: dict, if_match: str | None, *, user_id: str | None = None) -> dict:
+        return self._remote.call("renew", subscription_id, body, if_match, user_id=user_id)
+
+    def delete(self, subscription_id: str, if_match: str | None) -> None:
+        self._remote.call("delete", subscription_id, if_match)
+
+    def etag(self, subscription: dict) -> str:
+        return self._remote.call("etag", subscription)
+
+    def pending(self) -> int:
+        return self._remote.call("pending")
+
+    def watched(self) -> frozenset[str]:
+        seen = self._changes.get("subscriptions")
+        cached = self._watched
+        if cached is None or cached[0] != seen:
+            cached = self._watched = (seen, self._remote.call("watched"))
+        return cached[1]
+
+    def record_change(self, *, company_id: str, entity_set: str, record_id: str, change_type: str,
+                      modified_at: datetime, api_prefix: str = "/api/v2.0") -> None:
+        """Sent without waiting: the host queues it before it reads this worker's next call, and a
+        notification leaves only after BC's delay."""
+        target = ResourceTarget(canonical_prefix(api_prefix), company_id.lower(), entity_set)
+        if target.key in self.watched():
+            self._remote.send("record_change", company_id=company_id, entity_set=entity_set, record_id=record_id,
+                              change_type=change_type, modified_at=modified_at, api_prefix=api_prefix)
+

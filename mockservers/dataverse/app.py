@@ -84,6 +84,7 @@ def create_app(
                 return challenge(error.message)
         g.principal = claims.get("oid") or claims.get("appid")
         sandbox_admit(g.principal)
+        backend.refresh_settings()
         caller: Caller | None
         if validator is None:
             with backend.store.read() as conn:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+import threading
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 from werkzeug.datastructures import Headers
 
 from ..clock import Clock
+from ..counters import Counters
 from ..odata import errors as engine
 from ..odata.database import SessionProvider
 from ..odata.query import ExpandItem, Page, QueryOptions, QueryRunner
@@ -104,6 +106,11 @@ class DataverseBackend:
         self._callers: dict[tuple[str | None, str | None], tuple[int, Caller | None]] = {}
         self.runner = QueryRunner(self.schema, self.store)
         self.transactions = Transactions(self.store)
+        # Bumped whenever what this object keeps of the org's settings (its organization, the added
+        # options) is rewritten, so other processes serving the same org read them again.
+        self._settings = Counters(["settings"])
+        self._settings_seen = 0
+        self._settings_lock = threading.Lock()
         self._org_settings: dict[str, Any] = data.get("organization", {})
         if not isinstance(self._org_settings, dict):
             raise FixtureError(f"{fixture}/dataverse.json: 'organization' must be a JSON object")
@@ -871,7 +878,33 @@ class DataverseBackend:
 
     def insert_option_value(self, body: Any) -> int:
         with self.transactions.connection(True) as conn:
-            return self.option_values.insert(conn, body)
+            value = self.option_values.insert(conn, body)
+            self.transactions.after_commit(self._settings_changed)
+            return value
+
+    # -- several processes serving one org ------------------------------------------------------
+    def share(self) -> None:
+        """Call before forking processes that serve this org: they then learn of each other's writes
+        (the store's generations) and of rewritten settings (:meth:`refresh_settings`)."""
+        self.store.share()
+        self._settings.share()
+
+    def _settings_changed(self) -> None:
+        self._settings.add(("settings",))
+
+    def refresh_settings(self) -> None:
+        """Read the org's settings and added options again if any process rewrote them since this one
+        last read them; called at the start of every request (one shared-memory read when nothing changed)."""
+        epoch = self._settings.get("settings")
+        if epoch == self._settings_seen:
+            return
+        with self._settings_lock:
+            if epoch == self._settings_seen:
+                return
+            with self.store.read() as conn:
+                self.option_values.apply(conn)
+                self._take_organization(self.organization_row(conn))
+            self._settings_seen = epoch
 
     # -- the org's own rows: organization settings, SDK messages and their filters -------------
     def _ensure_system_rows(self) -> None:
@@ -880,6 +913,10 @@ class DataverseBackend:
             caller = self.system_caller(conn)
             org = self._ensure_organization(conn, caller)
             self._ensure_sdk_messages(conn, caller)
+        self._take_organization(org)
+        self._settings_changed()
+
+    def _take_organization(self, org: Row) -> None:
         self.organization = Organization(
             organization_id=org["organizationid"],
             name=org["name"],

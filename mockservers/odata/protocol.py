@@ -25,6 +25,11 @@ class ServiceError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # rebuilt from its fields (Exception's default passes only the message): a worker process
+        # raises the refusal its sandbox's process made (mockservers.rpc)
+        return type(self), (self.status, self.code, self.message, self.headers)
+
     def result(self) -> Result:
         raise NotImplementedError
 

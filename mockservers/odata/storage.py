@@ -30,6 +30,7 @@ from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.elements import BinaryExpression
 
 from ..clock import Clock
+from ..counters import Counters
 from . import database, indexes
 from .database import WRITE, WRITER_LOCK, SessionProvider
 from .errors import AlreadyExists, KeyViolation, NotFound, VersionMismatch
@@ -169,8 +170,7 @@ class Store:
         self.is_sqlite = self.dialect == "sqlite"
         self.is_postgresql = self.dialect == "postgresql"
         self._session = session
-        self._generations: dict[str, int] = {}
-        self._generation_lock = threading.Lock()
+        self._generations = Counters(entity.name for entity in schema)
         self._statements: dict[tuple[Any, ...], Any] = {}
         # One shared in-memory connection: serialise access ourselves.
         self._memory_lock = threading.RLock() if isinstance(self.engine.pool, StaticPool) else None
@@ -229,26 +229,28 @@ class Store:
                 self._ended(touched)
 
     # -- write generations: what in-memory caches of rows check ---------------------------------
+    def share(self) -> None:
+        """Keep the write generations in memory that processes forked from now on share, so a worker's
+        cache of rows learns of another worker's writes (see :mod:`mockservers.counters`)."""
+        self._generations.share()
+
     def generation(self, entity_name: str) -> int:
         """A number that changes whenever a transaction writing ``entity_name`` starts writing it and
         again when it ends: a value read from the table while it stays the same is still current
         (a cache taken during a write is invalidated by the end of that write)."""
-        return self._generations.get(entity_name, 0)
+        return self._generations.get(entity_name)
 
     def _touch(self, conn: Connection, entity_name: str) -> None:
         conn.info.setdefault(_TOUCHED, set()).add(entity_name)
         rows_read = conn.info.get(_ROWS_READ)
         if rows_read:
             rows_read.pop(entity_name, None)
-        with self._generation_lock:
-            self._generations[entity_name] = self._generations.get(entity_name, 0) + 1
+        self._generations.add((entity_name,))
 
     def _ended(self, touched: set[str] | None) -> None:
         """A transaction ended (committed or rolled back): what it wrote changes generation again."""
         if touched:
-            with self._generation_lock:
-                for name in touched:
-                    self._generations[name] = self._generations.get(name, 0) + 1
+            self._generations.add(touched)
 
     @contextmanager
     def write(self) -> Iterator[Connection]:

@@ -16,7 +16,7 @@ from ..clock import ClockError, parse_instant
 from ..odata.jsonbody import InvalidJson, parse_json
 from .faults import FaultConfigError
 from .journal import JournalQuery, JournalQueryError
-from .limits import LimitConfigError
+from .limits import LimitConfigError, LimitsHeldOff
 from .services import CONTROL_PREFIX, SandboxServices
 
 ADMIN_TOKEN_HEADER = "X-Sandbox-Admin-Token"
@@ -163,6 +163,8 @@ def control_blueprint(
     def set_limits() -> Response:
         try:
             sandbox.limits.configure(**_json_object(required=True))
+        except LimitsHeldOff as exc:
+            raise ControlError(409, "Conflict", str(exc)) from exc
         except LimitConfigError as exc:
             raise ControlError(400, "BadRequest", str(exc)) from exc
         return jsonify(_limits_state(sandbox))

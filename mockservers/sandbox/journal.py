@@ -1,9 +1,12 @@
 """Request journal: what a client actually sent, so tests can verify calls and benchmarks count them.
 
-Every request an emulated service answers is recorded once, in memory: method, path, query options,
-headers (credentials masked), the start of the body, the answer's status. The journal is bounded
-(by entries and by body bytes; oldest entries fall out). Counters are kept separately and
-cumulatively, so "how many requests did this job make" stays right after old entries have gone.
+Every request an emulated service answers is recorded once: method, path, query options, headers
+(credentials masked), the start of the body, the answer's status. The journal is bounded (by entries
+and by body bytes; oldest entries fall out). Counters are kept separately and cumulatively, so "how
+many requests did this job make" stays right after old entries have gone.
+
+Entries are kept in memory, or, for a service served by several forked worker processes, in a SQLite
+file all of them share (``Journal(path=...)``): one journal, whichever worker answered or reads.
 
 :class:`JournalQuery` is the one way entries are selected, by the control API and in process alike.
 """
@@ -11,13 +14,20 @@ cumulatively, so "how many requests did this job make" stays right after old ent
 from __future__ import annotations
 
 import fnmatch
+import json
+import multiprocessing
+import os
 import re
+import sqlite3
 import threading
 import time
+import weakref
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 from ..clock import Clock, iso
 
@@ -275,42 +285,112 @@ def _non_negative(value: str | None, name: str) -> int | None:
     return number
 
 
-class Journal:
-    """Thread-safe, bounded in-memory request log with cumulative counters."""
+class _Tally:
+    """Cumulative counts in the shape :meth:`Journal.counters` returns.
 
-    def __init__(self, maxlen: int = DEFAULT_MAXLEN, clock: Clock | None = None, *,
-                 body_limit: int = DEFAULT_BODY_LIMIT, body_budget: int = DEFAULT_BODY_BUDGET) -> None:
-        if maxlen < 1:
-            raise ValueError("maxlen must be at least 1")
-        self.clock = clock or Clock()
-        self.body_limit = body_limit
+    Both storages count through it, so the two cannot drift apart; a key keeps the place it was first
+    counted in. :meth:`items` and :meth:`add_item` flatten it into rows for a table.
+    """
+
+    COUNTERS = ("by_method", "by_status_class", "by_status", "by_template", "faults", "rejected")
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.by_method: Counter[str] = Counter()
+        self.by_status_class: Counter[str] = Counter()
+        self.by_status: Counter[str] = Counter()
+        self.by_template: Counter[str] = Counter()
+        self.faults: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.batch_operations = 0
+
+    def add(self, method: str, status: int, template: str | None, fault: str | None, rejected_by: str | None,
+            batch_operations: int | None, count: int = 1) -> None:
+        """Count ``count`` requests that share these facts (``batch_operations`` is their sum)."""
+        self.total += count
+        self.by_method[method] += count
+        self.by_status_class[status_class(status)] += count
+        self.by_status[str(status)] += count
+        if template:
+            self.by_template[f"{method} {template}"] += count
+        if fault:
+            self.faults[fault] += count
+        if rejected_by:
+            self.rejected[rejected_by] += count
+        if batch_operations:
+            self.batch_operations += batch_operations
+
+    def add_groups(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Count groups of requests: rows of the facts :meth:`add` takes, the count last."""
+        for method, status, template, fault, rejected_by, batch_operations, count in rows:
+            self.add(method, status, template, fault, rejected_by, batch_operations, count)
+
+    def items(self) -> Iterator[tuple[str, str, int]]:
+        """Every figure as ``(kind, key, count)``, kind being a :meth:`to_dict` name."""
+        yield "total", "", self.total
+        for kind in self.COUNTERS:
+            for key, count in getattr(self, kind).items():
+                yield kind, key, count
+        yield "batch_operations", "", self.batch_operations
+
+    def add_item(self, kind: str, key: str, count: int) -> None:
+        """Add back one row of :meth:`items`."""
+        if kind == "total":
+            self.total += count
+        elif kind == "batch_operations":
+            self.batch_operations += count
+        else:
+            getattr(self, kind)[key] += count
+
+    def to_dict(self, retained: int) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "by_method": dict(self.by_method),
+            "by_status_class": dict(self.by_status_class),
+            "by_status": dict(self.by_status),
+            "by_template": dict(self.by_template),
+            "faults": dict(self.faults),
+            "rejected": dict(self.rejected),
+            "batch_operations": self.batch_operations,
+            "retained": retained,
+        }
+
+
+class _Entries(Protocol):
+    """Where a journal keeps its entries: ids, bounds and counts are the storage's business, because
+    only the storage can make them hold for everyone who reads it."""
+
+    def add(self, entry: JournalEntry) -> None:
+        """Store ``entry``, setting its id."""
+
+    def after(self, since_id: int | None) -> list[JournalEntry]:
+        """The retained entries with an id above ``since_id`` (all when None), in ascending id order."""
+
+    def last(self) -> JournalEntry | None: ...
+
+    def clear(self) -> None: ...
+
+    def counters(self) -> dict[str, Any]: ...
+
+    def __len__(self) -> int: ...
+
+
+class _MemoryEntries:
+    """Entries in this process's memory: the fast default, for a service that one process serves."""
+
+    def __init__(self, maxlen: int, body_budget: int) -> None:
         self._maxlen = maxlen
         self._body_budget = body_budget
-        self._body_bytes = 0
-        self._entries: deque[JournalEntry] = deque()
         self._lock = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._entries: deque[JournalEntry] = deque()
+        self._body_bytes = 0
         self._next_id = 1
-        self._reset_counters()
+        self._tally = _Tally()
 
-    def _reset_counters(self) -> None:
-        self._total = 0
-        self._by_method: Counter[str] = Counter()
-        self._by_status_class: Counter[str] = Counter()
-        self._by_status: Counter[str] = Counter()
-        self._by_template: Counter[str] = Counter()
-        self._faults: Counter[str] = Counter()
-        self._rejections: Counter[str] = Counter()
-        self._batch_operations = 0
-
-    @property
-    def maxlen(self) -> int:
-        return self._maxlen
-
-    def record(self, entry: JournalEntry) -> JournalEntry:
-        """Assign the next id, store the entry and count it. Returns the same entry."""
-        if not entry.time:
-            entry.time = iso(self.clock.now())
-        entry.sequence = time.monotonic_ns()
+    def add(self, entry: JournalEntry) -> None:
         with self._lock:
             entry.id = self._next_id
             self._next_id += 1
@@ -318,18 +398,327 @@ class Journal:
             self._body_bytes += len(entry.body or "")
             while len(self._entries) > self._maxlen or (self._body_bytes > self._body_budget and len(self._entries) > 1):
                 self._body_bytes -= len(self._entries.popleft().body or "")
-            self._total += 1
-            self._by_method[entry.method] += 1
-            self._by_status_class[status_class(entry.status)] += 1
-            self._by_status[str(entry.status)] += 1
-            if entry.template:
-                self._by_template[f"{entry.method} {entry.template}"] += 1
-            if entry.fault:
-                self._faults[entry.fault] += 1
-            if entry.rejected_by:
-                self._rejections[entry.rejected_by] += 1
-            if entry.batch_operations:
-                self._batch_operations += entry.batch_operations
+            self._tally.add(entry.method, entry.status, entry.template, entry.fault, entry.rejected_by,
+                            entry.batch_operations)
+
+    def after(self, since_id: int | None) -> list[JournalEntry]:
+        with self._lock:
+            snapshot = list(self._entries)
+        return snapshot if since_id is None else [e for e in snapshot if e.id > since_id]
+
+    def last(self) -> JournalEntry | None:
+        with self._lock:
+            return self._entries[-1] if self._entries else None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._reset()
+
+    def counters(self) -> dict[str, Any]:
+        with self._lock:
+            return self._tally.to_dict(len(self._entries))
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+
+TRIM_EVERY = 64  # a writer trims the SQLite journal when its id is a multiple of this; a reader always
+BUSY_TIMEOUT_SECONDS = 10.0
+
+SCHEMA_VERSION = 1  # PRAGMA user_version of a journal file; a file of another version is started afresh
+_SCHEMA = (
+    # id is the rowid: the INSERT assigns it under the database's write lock, so ids ascend across
+    # processes; with no AUTOINCREMENT they restart at 1 once the table is empty. Since only the
+    # oldest rows are ever deleted, the ids present have no gaps. body_upto is the body length of this
+    # entry and of every one before it since the last clear, so that the body bytes from any entry on
+    # are one subtraction. data comes last: scans of the columns before it skip its overflow pages.
+    """CREATE TABLE IF NOT EXISTS entries (
+        id INTEGER PRIMARY KEY, method TEXT NOT NULL, status INTEGER NOT NULL, template TEXT, fault TEXT,
+        rejected_by TEXT, batch_operations INTEGER, body_length INTEGER NOT NULL, body_upto INTEGER NOT NULL,
+        data TEXT NOT NULL)""",
+    # the counts of trimmed entries, as _Tally.items() rows; rowid order is the order keys were first seen
+    "CREATE TABLE IF NOT EXISTS trimmed (kind TEXT NOT NULL, key TEXT NOT NULL, count INTEGER NOT NULL, "
+    "UNIQUE (kind, key))",
+)
+_INSERT = ("INSERT INTO entries (method, status, template, fault, rejected_by, batch_operations, body_length, "
+           "body_upto, data) VALUES (?, ?, ?, ?, ?, ?, ?, "
+           "? + COALESCE((SELECT body_upto FROM entries ORDER BY id DESC LIMIT 1), 0), ?)")
+# the facts _Tally.add counts, grouped, of the entries below an id; in the order they were first seen
+_FACTS = ("SELECT method, status, template, fault, rejected_by, SUM(batch_operations), COUNT(*) FROM entries "
+          "WHERE id < ? GROUP BY method, status, template, fault, rejected_by ORDER BY MIN(id)")
+_FOLD = ("INSERT INTO trimmed (kind, key, count) VALUES (?, ?, ?) "
+         "ON CONFLICT (kind, key) DO UPDATE SET count = count + excluded.count")
+_NO_ID_ABOVE = 2**63 - 1
+WRITER_QUEUE_SECONDS = 5.0  # a writer waits this long for another process's writer, then goes ahead
+_STORED_FIELDS = tuple(f.name for f in fields(JournalEntry) if f.name != "id")
+
+
+class _SqliteEntries:
+    """Entries in a SQLite file that every process opening it shares, so that the forked workers of
+    one service keep one journal: an entry one worker recorded is in the next read any worker answers.
+
+    Recording is one INSERT in autocommit. Bounds are kept by trimming the oldest rows: a writer does
+    it now and then (every ``TRIM_EVERY``-th id), every read does it first, in the transaction it
+    reads in, so no reader sees more than the bounds allow. A trim folds the counts of the rows it
+    deletes into ``trimmed`` in the same transaction: counters are ``trimmed`` plus the rows left.
+
+    Each process opens its own connection on first use (one SQLite connection must never cross a
+    fork); the threads of a process share it under a lock.
+    """
+
+    def __init__(self, path: Path, maxlen: int, body_budget: int) -> None:
+        self.path = path
+        self._maxlen = maxlen
+        self._body_budget = body_budget
+        self._lock = threading.Lock()
+        # Writers of every process forked from this one queue here first: SQLite's own wait for its
+        # write lock sleeps a millisecond or more a time, which costs workers a tenth of their
+        # throughput; this lock wakes the next writer at once. Only a courtesy: SQLite's locking keeps
+        # the file right without it (a writer that waits too long goes ahead).
+        self._writers = multiprocessing.get_context("fork").Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._pid = 0
+        with self._lock:
+            self._connection()  # creates the file now: a bad path fails here, and WAL is set before any fork
+        _SHARED.add(self)
+
+    @contextmanager
+    def _writing(self) -> Iterator[sqlite3.Connection]:
+        """This process's connection, held for a write: this process's lock, then the writers' queue."""
+        with self._lock:
+            queued = self._writers.acquire(timeout=WRITER_QUEUE_SECONDS)
+            try:
+                yield self._connection()
+            finally:
+                if queued:
+                    self._writers.release()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This process's connection, opened on first use in each process; the caller holds the lock."""
+        if self._conn is not None and self._pid != os.getpid():
+            # Inherited through a fork that ran no fork hooks: SQLite must not touch it in this process,
+            # not even to close it (which would release locks and could checkpoint under the parent).
+            _INHERITED.append(self._conn)
+            self._conn = None
+        if self._conn is None:
+            self._conn = _open(self.path)
+            self._pid = os.getpid()
+        return self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this process's connection; other processes' writers wait for it
+        (up to the busy timeout), their readers see the state before it."""
+        with self._writing() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def add(self, entry: JournalEntry) -> None:
+        # What to_dict() gives without its deep copy (json.dumps copies nothing; the copy costs more than
+        # the INSERT); no id: the row's is the entry's.
+        data = {name: getattr(entry, name) for name in _STORED_FIELDS}
+        length = len(entry.body or "")
+        row = (entry.method, entry.status, entry.template, entry.fault, entry.rejected_by, entry.batch_operations,
+               length, length, json.dumps(data))
+        with self._writing() as conn:
+            entry.id = conn.execute(_INSERT, row).lastrowid or 0
+        if entry.id % TRIM_EVERY == 0:
+            with self._transaction() as conn:
+                self._trim(conn)
+
+    def _trim(self, conn: sqlite3.Connection) -> None:
+        """Delete the oldest rows beyond the bounds (keeping the newest one at least, as the deque does),
+        folding their counts into ``trimmed``. Runs inside a write transaction; costs a few index
+        lookups plus the rows it deletes, however many are kept."""
+        newest = conn.execute("SELECT id, body_upto FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        if newest is None:
+            return
+        newest_id, upto = newest
+        by_count = newest_id - self._maxlen + 1  # ids have no gaps
+        # the oldest entry from which on the bodies fit the budget (the rows are scanned from the oldest
+        # one that may stay, and only up to the first that fits); none fits: the newest stays alone
+        fitting = conn.execute("SELECT id FROM entries WHERE id >= ? AND body_upto - body_length >= ? "
+                               "ORDER BY id LIMIT 1", (by_count, upto - self._body_budget)).fetchone()
+        keep_from = newest_id if fitting is None else fitting[0]
+        if conn.execute("SELECT MIN(id) FROM entries").fetchone()[0] >= keep_from:
+            return
+        folded = _Tally()
+        folded.add_groups(conn.execute(_FACTS, (keep_from,)))
+        conn.executemany(_FOLD, [item for item in folded.items() if item[2]])
+        conn.execute("DELETE FROM entries WHERE id < ?", (keep_from,))
+
+    def after(self, since_id: int | None) -> list[JournalEntry]:
+        with self._transaction() as conn:
+            self._trim(conn)
+            rows = conn.execute("SELECT id, data FROM entries WHERE id > ? ORDER BY id",
+                                (-1 if since_id is None else since_id,)).fetchall()
+        return [_decode(row_id, data) for row_id, data in rows]
+
+    def last(self) -> JournalEntry | None:
+        """The newest entry; no trim needed first, since a trim always keeps the newest."""
+        with self._lock:
+            row = self._connection().execute("SELECT id, data FROM entries ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else _decode(*row)
+
+    def clear(self) -> None:
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM entries")
+            conn.execute("DELETE FROM trimmed")
+
+    def counters(self) -> dict[str, Any]:
+        tally = _Tally()
+        with self._transaction() as conn:
+            self._trim(conn)
+            for kind, key, count in conn.execute("SELECT kind, key, count FROM trimmed ORDER BY rowid"):
+                tally.add_item(kind, key, count)
+            tally.add_groups(conn.execute(_FACTS, (_NO_ID_ABOVE,)))
+            retained = conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
+        return tally.to_dict(retained)
+
+    def __len__(self) -> int:
+        with self._transaction() as conn:
+            self._trim(conn)
+            return int(conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    def before_fork(self) -> None:
+        """Finish what this process's threads are doing and close the connection, so that the child
+        inherits neither a held lock nor SQLite's state; both processes reopen on next use."""
+        self._lock.acquire()
+        if self._conn is not None and self._pid == os.getpid():
+            self._conn.close()
+            self._conn = None
+
+    def after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    """A connection for this process: WAL (readers never wait for the writer), no fsync (a diagnostic
+    log, not data) and a generous busy timeout (writers of all processes queue for one lock)."""
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        _use_wal(conn)
+        conn.execute("PRAGMA synchronous = OFF")
+        if conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            _create(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL, trying again while another process does the same: SQLite answers
+    "database is locked" to that at once instead of waiting its busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0] == "wal":
+                return
+            problem = "the file stays out of WAL mode"
+        except sqlite3.OperationalError as error:
+            if not error.sqlite_errorname.startswith("SQLITE_BUSY"):
+                raise
+            problem = str(error)
+        if time.monotonic() > deadline:
+            raise sqlite3.OperationalError(f"Cannot put the journal in WAL mode: {problem}.")
+        time.sleep(0.002)
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    """Create the tables; a journal file left by another version is emptied first (it is only a log)."""
+    conn.execute("BEGIN IMMEDIATE")  # processes opening a new file at once: one creates, the others see it
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            if version != 0:
+                conn.execute("DROP TABLE IF EXISTS entries")
+                conn.execute("DROP TABLE IF EXISTS trimmed")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _decode(row_id: int, data: str) -> JournalEntry:
+    return JournalEntry(**json.loads(data), id=row_id)
+
+
+_SHARED: weakref.WeakSet[_SqliteEntries] = weakref.WeakSet()  # open SQLite journals, for the fork hooks
+_INHERITED: list[sqlite3.Connection] = []  # connections a fork without hooks left behind; never used again
+
+
+def _before_fork() -> None:
+    for store in list(_SHARED):
+        store.before_fork()
+
+
+def _after_fork_in_parent() -> None:
+    for store in list(_SHARED):
+        store.after_fork_in_parent()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_SHARED):
+        store.after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
+class Journal:
+    """Thread-safe, bounded request log with cumulative counters.
+
+    Entries live in this process's memory by default. With ``path`` they live in a SQLite file at
+    that path (created if missing), which every process that opens it shares: the forked workers of
+    one service keep one journal, with ids ascending across them and one set of counters. Every
+    process should open it with the same bounds: the smallest is the one that holds.
+    """
+
+    def __init__(self, maxlen: int = DEFAULT_MAXLEN, clock: Clock | None = None, *,
+                 body_limit: int = DEFAULT_BODY_LIMIT, body_budget: int = DEFAULT_BODY_BUDGET,
+                 path: Path | None = None) -> None:
+        if maxlen < 1:
+            raise ValueError("maxlen must be at least 1")
+        self.clock = clock or Clock()
+        self.body_limit = body_limit
+        self._maxlen = maxlen
+        self._path = path
+        self._store: _Entries = (_MemoryEntries(maxlen, body_budget) if path is None
+                                 else _SqliteEntries(path, maxlen, body_budget))
+
+    @property
+    def maxlen(self) -> int:
+        return self._maxlen
+
+    @property
+    def path(self) -> Path | None:
+        """The SQLite file the entries are shared in, or None when they are in this process's memory."""
+        return self._path
+
+    def record(self, entry: JournalEntry) -> JournalEntry:
+        """Assign the next id, store the entry and count it. Returns the same entry."""
+        if not entry.time:
+            entry.time = iso(self.clock.now())
+        entry.sequence = time.monotonic_ns()
+        self._store.add(entry)
         return entry
 
     def entries(
@@ -350,47 +739,25 @@ class Journal:
         With ``since_id`` the result pages forward (the first ``limit`` entries after that id);
         without it ``limit`` keeps the newest entries, like a tail.
         """
-        with self._lock:
-            snapshot = list(self._entries)
-        selected: Iterable[JournalEntry] = snapshot
-        if query.since_id is not None:
-            selected = (e for e in selected if e.id > query.since_id)
-        result = [e for e in selected if query.matches(e)]
+        result = [e for e in self._store.after(query.since_id) if query.matches(e)]
         if query.limit is not None:
             limit = query.limit
             result = result[:limit] if query.since_id is not None else result[max(len(result) - limit, 0):]
         return result
 
     def last(self) -> JournalEntry | None:
-        with self._lock:
-            return self._entries[-1] if self._entries else None
+        return self._store.last()
 
     def clear(self) -> None:
         """Forget entries and counters; ids restart at 1 so a test sees a fresh journal."""
-        with self._lock:
-            self._entries.clear()
-            self._body_bytes = 0
-            self._next_id = 1
-            self._reset_counters()
+        self._store.clear()
 
     def counters(self) -> dict[str, Any]:
         """Cumulative figures since the last clear (not limited by ``maxlen``)."""
-        with self._lock:
-            return {
-                "total": self._total,
-                "by_method": dict(self._by_method),
-                "by_status_class": dict(self._by_status_class),
-                "by_status": dict(self._by_status),
-                "by_template": dict(self._by_template),
-                "faults": dict(self._faults),
-                "rejected": dict(self._rejections),
-                "batch_operations": self._batch_operations,
-                "retained": len(self._entries),
-            }
+        return self._store.counters()
 
     def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+        return len(self._store)
 
 
 def _status_matches(actual: int, wanted: int | str) -> bool:

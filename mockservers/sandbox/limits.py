@@ -79,6 +79,10 @@ class LimitConfigError(ValueError):
     """A limit setting that cannot be applied; the message says which field and why."""
 
 
+class LimitsHeldOff(LimitConfigError):
+    """Limits cannot be changed at all while the sandbox runs without them (the message says why)."""
+
+
 @dataclass(frozen=True)
 class LimitConfig:
     """Per-principal limits. ``None`` for ``max_execution_ms`` means "not measured" (BC has no such limit).
@@ -217,6 +221,7 @@ class ServiceProtection:
         self._messages = dict(GENERIC_MESSAGES) | dict(messages or {})
         self.clock = clock
         self._cond = threading.Condition()
+        self._held_off: str | None = None
         self._usage: dict[str, _Usage] = {}
         self._rejections: Counter[str] = Counter()
         self._admits = 0
@@ -227,9 +232,19 @@ class ServiceProtection:
         with self._cond:
             return self._config
 
+    def hold_off(self, reason: str) -> None:
+        """Switch the limits off for good (a reset keeps them off); changing them raises
+        :class:`LimitsHeldOff` with ``reason``. For a sandbox whose windows would not be counted right."""
+        with self._cond:
+            self._initial = self._config = replace(self._initial, enabled=False)
+            self._held_off = reason
+            self._cond.notify_all()
+
     def configure(self, **kw: Any) -> LimitConfig:
         """Change some limits at runtime; they apply to the windows already collected."""
         with self._cond:
+            if self._held_off is not None:
+                raise LimitsHeldOff(self._held_off)
             self._config = self._config.with_changes(kw)
             self._cond.notify_all()  # a raised concurrency limit may free queued requests
             return self._config

@@ -9,6 +9,7 @@ URLs are ``https://<service>.<host>`` and the testing kit routes requests to the
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -21,13 +22,17 @@ from typing import Any
 
 from ..bc.app import create_app as create_bc_app
 from ..bc.app import new_sandbox_services as bc_sandbox
-from ..bc.webhooks import WebhookConfig
+from ..bc.webhooks import HOSTED_CALLS as WEBHOOK_CALLS
+from ..bc.webhooks import RemoteWebhooks, WebhookConfig
 from ..clock import Clock
 from ..dataverse.app import create_app as create_dataverse_app
 from ..dataverse.app import new_sandbox_services as dataverse_sandbox
 from ..identity import BUSINESS_CENTRAL_RESOURCE, TokenIssuer, load_default_directory, load_signing_key
 from ..identity import create_app as create_identity_app
+from ..rpc import Host
 from ..sandbox.fixtures import FixtureLibrary
+from ..sandbox.journal import Journal
+from ..sandbox.shared_limits import HostedLimits, RemoteProtection
 from .lock import DataDirLock
 from .processes import ServiceProcess
 from .tls import TlsFiles, ensure_certificates
@@ -92,6 +97,21 @@ class SandboxConfig:
     # on two cores; `mockservers serve` does. A sandbox inside someone else's process (the testing
     # kit's default) stays in that process. A BC database in memory stays too (a fork cannot share it).
     service_processes: bool = False
+    # Processes per service (Dataverse and BC) answering on one port, so one service answers on every
+    # core. Above 1 the processes share the journal, faults, clock, write generations and the
+    # service-protection windows (kept in this process, see mockservers.sandbox.shared_limits).
+    workers: int = 1
+    limits: bool = True  # service protection (off: held off, the control API cannot switch it on)
+
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise SandboxConfigError(f"workers must be at least 1; got {self.workers}")
+        if self.workers > 1 and (not self.service_processes or self.in_process_host):
+            raise SandboxConfigError("worker processes need service processes (a sandbox served from sockets)")
+
+
+class SandboxConfigError(ValueError):
+    """Settings of a sandbox that do not go together; the message says which."""
 
 
 SERVICES = ("identity", "dataverse", "bc")
@@ -108,6 +128,8 @@ class Sandbox:
     info: dict[str, Any] = field(default_factory=dict)
     clock: Clock = field(default_factory=Clock)  # the one clock of identity and both services
     children: dict[str, ServiceProcess] = field(default_factory=dict)  # services served from processes of their own
+    _released: list[ServiceServer] = field(default_factory=list, init=False, repr=False)  # ports children serve
+    _host: Host | None = field(default=None, init=False, repr=False)  # answers the workers (their limits)
     _lock: DataDirLock | None = field(default=None, init=False, repr=False)  # held while started
 
     def start(self) -> dict[str, Any]:
@@ -184,6 +206,10 @@ class Sandbox:
         bc_backend = slots["bc"].app.extensions["bc"]["backend"]
         if cfg.seed:
             bc_backend.seed(cfg.fixture)
+        self.services = {"dataverse": sandbox, "bc": bc_services}
+        if not cfg.limits:
+            for services in self.services.values():
+                services.limits.hold_off("the sandbox was started without service protection (--no-limits)")
         self.webhooks = slots["bc"].app.extensions["bc"]["webhooks"]
         self.backends = {"dataverse": backend, "bc": bc_backend}
         app = directory.integration_app
@@ -205,7 +231,15 @@ class Sandbox:
             "ca_bundle": str(self.tls_files.ca_bundle.resolve()) if self.tls_files else None,
         }
         self.apps = {name: slot.app for name, slot in slots.items()}
-        if cfg.service_processes and self.servers and not _in_memory(bc_backend.store.engine):
+        if cfg.workers > 1:
+            if _in_memory(backend.store.engine) or _in_memory(bc_backend.store.engine):
+                raise SandboxConfigError("worker processes need databases in files or on a server, not in memory")
+            self._host = Host()  # what the workers of a service share that must exist once
+            self._serve_apart("dataverse", cfg.workers)
+            self._serve_apart("bc", cfg.workers)
+            self._host.start()
+            self.webhooks.start()  # BC's outbox is this process's, whichever worker made a change
+        elif cfg.service_processes and self.servers and not _in_memory(bc_backend.store.engine):
             self._serve_apart("bc")
         else:
             self.webhooks.start()
@@ -218,21 +252,30 @@ class Sandbox:
         write_private(cfg.data_dir / "sandbox.json", json.dumps(self.info, indent=2) + "\n")
         return self.info
 
-    def _serve_apart(self, name: str) -> None:
-        """Fork a process that serves ``name`` (with BC's webhooks); this one lets its port go and
-        forgets its app. Nothing of ours runs a thread yet, and no database connection crosses the fork."""
+    def _serve_apart(self, name: str, workers: int = 1) -> None:
+        """Fork ``workers`` processes that serve ``name`` on its one port (BC's with their webhook
+        senders); this one lets the port go and forgets the app. Nothing of ours runs a thread yet, and
+        no database connection crosses the fork."""
         for backend in self.backends.values():
             backend.store.engine.dispose()
         self.clock.share()
-        server, backend, webhooks = self.servers.pop(name), self.backends.pop(name), self.webhooks
-        others, lock = list(self.servers.values()), self._lock
+        server, backend = self.servers.pop(name), self.backends.pop(name)
+        webhooks = self.webhooks if name == "bc" and workers == 1 else None  # else sent from here
+        if workers > 1:
+            self._share_state(name, backend)
+        others, lock, host = [*self.servers.values(), *self._released], self._lock, self._host
 
-        def start() -> Callable[[], None]:
+        def start(worker: int) -> Callable[[], None]:
             for other in others:
                 other.release()
+            if worker:
+                server.listen_again()
             if lock is not None:
                 lock.forget()
-            webhooks.start()
+            if host is not None:
+                host.forget()
+            if webhooks is not None:
+                webhooks.start()
             server.prepare()
             thread = threading.Thread(target=server.serve_forever, name=f"sandbox-{name}", daemon=True)
             thread.start()
@@ -241,16 +284,41 @@ class Sandbox:
             def stop() -> None:
                 server.shutdown()
                 thread.join(timeout=5)
-                webhooks.stop()
+                if webhooks is not None:
+                    webhooks.stop()
                 backend.store.engine.dispose()
             return stop
 
         try:
-            self.children[name] = ServiceProcess.fork(start)
-        finally:  # served by the child now, or by no one when the fork failed (the start then fails)
+            for worker in range(workers):
+                self.children[name if worker == 0 else f"{name}-{worker + 1}"] = ServiceProcess.fork(
+                    functools.partial(start, worker))
+        finally:  # served by the children now, or by no one when a fork failed (the start then fails)
             server.release()
+            self._released.append(server)
         del self.apps[name]
-        self.webhooks = None
+        if webhooks is not None:
+            self.webhooks = None
+
+    def _share_state(self, name: str, backend: Any) -> None:
+        """What the workers of one service must see alike: the journal in a file of the data dir, the
+        faults and the write generations (and Dataverse's settings) in shared memory."""
+        services = self.services[name]
+        path = self.config.data_dir / f"journal-{name}.db"
+        services.journal = Journal(clock=services.clock, path=path)
+        services.journal.clear()  # a journal starts empty with the sandbox, as it does in memory
+        services.faults.share()
+        assert self._host is not None
+        hosted = HostedLimits(services.limits)
+        hosted.serve_on(self._host, f"limits-{name}")
+        services.limits = RemoteProtection(self._host, f"limits-{name}", hosted)  # type: ignore[assignment]
+        backend.share()
+        extensions = self.apps[name].extensions[name]
+        if extensions.get("webhooks") is not None:
+            hooks = extensions["webhooks"]
+            hooks.share()
+            self._host.serve("webhooks", hooks, WEBHOOK_CALLS)
+            extensions["service"].webhooks = extensions["webhooks"] = RemoteWebhooks(self._host, "webhooks", hooks)
 
     def _bind(self, slots: dict[str, _AppSlot]) -> None:
         cfg = self.config
@@ -259,7 +327,7 @@ class Sandbox:
         ports = {"identity": cfg.identity_port, "dataverse": cfg.dataverse_port, "bc": cfg.bc_port}
         for name in SERVICES:
             served = AccessLog(slots[name], name) if cfg.access_log else slots[name]
-            server = bind(name, cfg.host, ports[name], served)
+            server = bind(name, cfg.host, ports[name], served, reuse_port=cfg.workers > 1 and name != "identity")
             self.servers[name] = server
             self.urls[name] = f"{scheme}://{public_host}:{server.port}"
         if cfg.tls:  # after binding: a port in use must not cost a certificate re-issue
@@ -288,6 +356,9 @@ class Sandbox:
         for child in self.children.values():
             child.stop()
         self.children.clear()
+        if self._host is not None:
+            self._host.stop()
+            self._host = None
         if getattr(self, "webhooks", None) is not None:
             self.webhooks.stop()
         for backend in getattr(self, "backends", {}).values():

@@ -124,9 +124,10 @@ class BindError(OSError):
         return self.reason
 
 
-def bind(service: str, host: str, port: int, app: Any, tls: TlsFiles | None = None) -> ServiceServer:
+def bind(service: str, host: str, port: int, app: Any, tls: TlsFiles | None = None, *,
+         reuse_port: bool = False) -> ServiceServer:
     try:
-        return ServiceServer(host, port, app, tls=tls)
+        return ServiceServer(host, port, app, tls=tls, reuse_port=reuse_port)
     except OSError as error:
         raise BindError(service, host, port, error) from None
 
@@ -159,7 +160,7 @@ class _PreBoundServer(wsgi.Server):
 
 class ServiceServer:
     def __init__(self, host: str, port: int, app: Any, tls: TlsFiles | None = None,
-                 threads: int = WORKER_THREADS) -> None:
+                 threads: int = WORKER_THREADS, *, reuse_port: bool = False) -> None:
         self._server = _PreBoundServer((host, port), app, numthreads=threads, timeout=30, shutdown_timeout=2,
                                        request_queue_size=LISTEN_BACKLOG)
         self._server.keep_alive_conn_limit = KEEP_ALIVE_CONNECTIONS
@@ -168,6 +169,11 @@ class ServiceServer:
         self._server.max_request_header_size = MAX_REQUEST_HEAD_BYTES
         self._server.gateway = _Gateway
         self._server.ConnectionClass = _Connection
+        if reuse_port:
+            port = self._probe(host, port)
+            self._server.bind_addr = (host, port)  # cheroot joins no group on port 0: the port is drawn first
+            self._server.reuse_port = True
+        self._host = host
         self._listen(host, port)  # connections queue from now on; they are accepted once serving
         self.port: int = self._server.bind_addr[1]
         self._serving = False
@@ -189,6 +195,28 @@ class ServiceServer:
                     self._server.bound.close()
                 self._server.bound = None
         raise failure or OSError(errno.EADDRNOTAVAIL, f"no address for {host!r}")
+
+    @staticmethod
+    def _probe(host: str, port: int) -> int:
+        """The port to serve: bound once without SO_REUSEPORT, so a port another socket holds is refused
+        as in use (SO_REUSEPORT alone would join that socket's group and take half its connections),
+        and port 0 becomes a free port."""
+        family, kind, proto, _name, address = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC,
+                                                                 socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+            return int(probe.getsockname()[1])
+
+    def listen_again(self) -> None:
+        """In one more process serving this port: a listening socket of its own in the port's
+        SO_REUSEPORT group, so the kernel spreads new connections over the processes (on one shared
+        socket the process that wakes first takes nearly every connection)."""
+        assert self._server.reuse_port, "bound without reuse_port"
+        if self._server.bound is not None:
+            self._server.bound.close()
+        self._server.bound = None
+        self._listen(self._host, self.port)
 
     def use_tls(self, tls: TlsFiles) -> None:
         """Serve HTTPS; cheroot wraps each accepted connection, so this may follow the bind."""
