@@ -229,11 +229,12 @@ class NoLimits(Workers):
         return [*super().args(), "--no-limits"]
 
 
-def test_a_stop_ends_every_worker_and_frees_every_port(workers: Workers) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl+C"])
+def test_a_stop_ends_every_worker_and_frees_every_port(workers: Workers, signum: int) -> None:
     workers.start()
     assert workers.process is not None
     pids = children(workers.process.pid)
-    assert workers.stop() == 0, workers.output()
+    assert workers.stop(signum) == 0, workers.output()
     assert all(gone(pid) for pid in pids)
     assert all(port_free(port) for port in workers.ports)
     assert "Traceback" not in workers.output()
