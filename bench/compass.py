@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     started = time.perf_counter()
     figures: list[Figure] = []
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bcdv-bench-", dir=args.workdir) as tmp:
         for n in args.sizes:
             figures += measure_size(n, args.only, Path(tmp) / f"n{n}", args)
