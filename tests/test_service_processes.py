@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -63,18 +64,26 @@ def stands(state: dict[str, object]) -> tuple[datetime, object]:
     return instant(str(state["now"])), state["frozen"]
 
 
-@pytest.fixture
-def split(tmp_path: Path) -> Iterator[Served]:
-    served = Served(tmp_path / "data", free_ports(3), tls=False)
+ServedT = TypeVar("ServedT", bound=Served)
+
+
+def serving(served: ServedT) -> Iterator[ServedT]:
+    """``served`` for a test, and afterwards no process of it left: the sandbox is killed, and its
+    children (which follow their parent) are killed too should one not follow."""
     try:
         yield served
     finally:
         running = served.process is not None and served.process.poll() is None
         orphans = children(served.process.pid) if running and served.process is not None else []
-        served.kill()  # the BC process follows its parent; should it not, it goes too
+        served.kill()
         for pid in orphans:
             if not gone(pid, within=5):
                 os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Iterator[Served]:
+    yield from serving(Served(tmp_path / "data", free_ports(3), tls=False))
 
 
 def test_bc_answers_from_a_process_of_its_own(split: Served) -> None:

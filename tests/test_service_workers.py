@@ -23,7 +23,7 @@ import pytest
 import requests
 
 from tests.test_sandbox_serve import EXECUTABLE, STOP_TIMEOUT, Served, free_ports
-from tests.test_service_processes import children, gone, port_free
+from tests.test_service_processes import children, gone, port_free, serving
 
 APP_USER = "5e000000-0000-4000-8000-000000000002"  # the integration app's application user
 COMPANY = "b2a3c4d5-1111-4a2b-9c3d-000000000001"
@@ -48,16 +48,7 @@ class Workers(Served):
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Workers]:
-    served = Workers(tmp_path / "data", free_ports(3), tls=False)
-    try:
-        yield served
-    finally:
-        running = served.process is not None and served.process.poll() is None
-        orphans = children(served.process.pid) if running and served.process is not None else []
-        served.kill()
-        for pid in orphans:
-            if not gone(pid, within=5):
-                os.kill(pid, signal.SIGKILL)
+    yield from serving(Workers(tmp_path / "data", free_ports(3), tls=False))
 
 
 def _connections(pid: int, port: int) -> int:
