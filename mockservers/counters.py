@@ -29,9 +29,6 @@ class Counters:
         self._memory: mmap.mmap | None = None
         self._lock: AbstractContextManager[Any] = threading.Lock()
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._index
-
     def share(self) -> None:
         """Move the counts into memory that processes forked from now on share (call before forking)."""
         if self._memory is not None:
@@ -41,10 +38,6 @@ class Counters:
             _SLOT.pack_into(memory, i * _SLOT.size, value)
         self._lock = multiprocessing.get_context("fork").Lock()
         self._memory = memory
-
-    @property
-    def shared(self) -> bool:
-        return self._memory is not None
 
     def get(self, name: str) -> int:
         i = self._index[name]

@@ -155,6 +155,26 @@ def test_a_reset_is_seen_by_every_worker(workers: Workers) -> None:
         assert workers.fresh("GET", url, token).json()["value"] == []
 
 
+def test_an_option_added_before_a_reset_is_gone_on_every_worker(workers: Workers) -> None:
+    """Options added at run time go with the data: after a reset answered by one worker, every worker
+    refuses the value (each reads the org's settings again)."""
+    workers.start()
+    token = workers.token()
+    added = workers.fresh("POST", f"{workers.api()}/InsertOptionValue", token, json={
+        "EntityLogicalName": "account", "AttributeLogicalName": "paymenttermscode", "Value": 100000078,
+        "Label": {"LocalizedLabels": [{"Label": "Before reset", "LanguageCode": 1033}]}})
+    assert added.status_code == 200, added.text
+    for _ in range(FRESH):  # every worker knows the option now
+        known = workers.fresh("POST", f"{workers.api()}/accounts", token,
+                              json={"name": "Known", "paymenttermscode": 100000078})
+        assert known.status_code == 204, known.text
+    assert workers.control("POST", "reset").status_code == 200
+    token = workers.token()
+    refused = [workers.fresh("POST", f"{workers.api()}/accounts", token,
+                             json={"name": "Gone", "paymenttermscode": 100000078}) for _ in range(FRESH)]
+    assert {r.status_code for r in refused} == {400}, [r.text for r in refused if r.status_code != 400]
+
+
 def test_one_set_of_limits_per_user_across_the_workers(workers: Workers) -> None:
     """Ten requests in the window, counted together whichever worker answers: the eleventh gets
     Dataverse's 429 (its code, Retry-After), on every worker."""

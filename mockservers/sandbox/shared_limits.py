@@ -72,20 +72,9 @@ class HostedLimits:
         finally:
             self.changes.add(("config",))
 
-    def reset(self) -> None:
-        self.protection.reset()
-
-    def usage(self) -> dict[str, dict[str, Any]]:
-        return self.protection.usage()
-
-    def counters(self) -> dict[str, int]:
-        return self.protection.counters()
-
-    def budget(self, principal: str) -> Budget:
-        return self.protection.budget(principal)
-
-    def rejection_for(self, measure: str, retry_after_seconds: int, *, status: int = 429) -> Rejection:
-        return self.protection.rejection_for(measure, retry_after_seconds, status=status)
+    def __getattr__(self, name: str) -> Any:
+        # reset, usage, counters, budget, rejection_for: the windows' own answers, unchanged
+        return getattr(self.protection, name)
 
 
 class _RemoteTicket(Ticket):
