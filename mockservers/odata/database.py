@@ -33,6 +33,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.functions import GenericFunction
 
+from mockservers.odata import checkpoints
+
 WRITE = "sandbox_write"  # execution option: this connection's transaction will write
 WRITER_LOCK = 0x5A4E_DB0C  # PostgreSQL advisory lock key that serialises writers (per database)
 
@@ -100,6 +102,8 @@ def prepare_engine(engine: Engine) -> None:
         return
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_connect)
+        if not is_memory(engine.url):
+            checkpoints.attach(engine, str(engine.url.database))
     event.listen(engine, "begin", _begin)
 
 
@@ -120,6 +124,7 @@ def _sqlite_connect(dbapi_conn: Any, record: Any) -> None:  # pragma: no cover -
     cur = dbapi_conn.cursor()
     if cur.execute("PRAGMA database_list").fetchone()[2]:  # a file, not an in-memory database
         cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA wal_autocheckpoint={checkpoints.FALLBACK_PAGES}")  # checkpoints.py runs them
     cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.close()

@@ -40,17 +40,22 @@ class Result:
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
+    encoded: bytes | None = b""  # the body; None while a ``json`` result has not been asked for it
     batch_operations: int | None = None  # for the request journal: operations a $batch carried
-    # The JSON value ``body`` encodes, when ``json`` made it: a batch that embeds the answer as a value
-    # takes it from here rather than decoding the body it was just encoded into.
+    # The JSON value the body encodes, when ``json`` made it: a JSON batch embeds the answer as a value,
+    # so the hundred answers of a batch are encoded once, in the batch's body, not once each as well.
     payload: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def json(cls, status: int, payload: Any, headers: list[tuple[str, str]] | None = None,
              content_type: str = JSON_TYPE) -> Result:
-        return cls(status, [("Content-Type", content_type), *(headers or [])], json.dumps(payload).encode(),
-                   payload=payload)
+        return cls(status, [("Content-Type", content_type), *(headers or [])], None, payload=payload)
+
+    @property
+    def body(self) -> bytes:
+        if self.encoded is None:
+            self.encoded = json.dumps(self.payload).encode()
+        return self.encoded
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
