@@ -726,11 +726,10 @@ class BCService:
     def _outcome(item: dict[str, Any], result: Result) -> dict[str, Any]:
         """A batch operation's answer, as the batch response lists it."""
         out_headers = {k.lower(): v for k, v in result.headers if k.lower() != "content-length"}
-        has_body = result.encoded is None or bool(result.encoded)  # asked without encoding a JSON answer
-        if has_body:
+        if result.has_body:
             out_headers.setdefault("odata-version", "4.0")
         outcome: dict[str, Any] = {"id": item.get("id"), "status": result.status, "headers": out_headers}
-        if has_body:
+        if result.has_body:
             try:
                 outcome["body"] = result.payload if result.payload is not None else json.loads(result.body)
             except ValueError:

@@ -52,6 +52,11 @@ class Result:
         return cls(status, [("Content-Type", content_type), *(headers or [])], None, payload=payload)
 
     @property
+    def has_body(self) -> bool:
+        """Whether there is a body, without encoding a ``json`` result's to find out."""
+        return self.encoded is None or bool(self.encoded)
+
+    @property
     def body(self) -> bytes:
         if self.encoded is None:
             self.encoded = json.dumps(self.payload).encode()

@@ -197,6 +197,10 @@ class Ticket:
         if self._released:
             return
         self._released = True
+        self._free(elapsed_ms)
+
+    def _free(self, elapsed_ms: float | None) -> None:
+        """Give the slot back to whatever admitted the request (once)."""
         if self._owner is not None:
             self._owner._release(self, elapsed_ms)
 

@@ -83,10 +83,7 @@ class _RemoteTicket(Ticket):
         self._remote = remote
         self._id = ticket_id
 
-    def release(self, elapsed_ms: float | None = None) -> None:
-        if self._released:
-            return
-        self._released = True
+    def _free(self, elapsed_ms: float | None) -> None:
         if elapsed_ms is None:  # measured here: the time the worker spent, not the call's
             elapsed_ms = max(time.perf_counter() - self.began, 0.0) * 1000.0
         self._remote.send("release", self._id, float(elapsed_ms))
