@@ -516,11 +516,11 @@ class Pass:
 
     def _pend(self, items: list[Item]) -> None:
         """Record the chosen ids of records about to be created, before creating them: one statement for
-        the chunk, the new couplings' ids read back in order."""
+        the chunk (a multi-row INSERT), the new couplings' ids read back with their BC ids."""
         new = [i for i in items if i.action is Action.INSERT and i.coupling is None]
         if not new or self.dry_run:
             return
-        rows = []
+        rows: list[dict[str, Any]] = []
         for item in new:
             source_key = self._source_key(item.source)
             assert item.destination_id is not None
@@ -528,10 +528,11 @@ class Pass:
                          "bc_id": source_key if self.to_dataverse else item.destination_id,
                          "dataverse_id": item.destination_id if self.to_dataverse else source_key,
                          "pending": True, "skipped": False})
-        with self.cx.state.session() as session:
-            ids = session.scalars(insert(Coupling).returning(Coupling.id, sort_by_parameter_order=True), rows).all()
-        for item, row, coupling_id in zip(new, rows, ids, strict=True):
-            item.coupling = Coupling(id=coupling_id, **row)
+        with self.cx.state.session() as session:  # (bc_entity, bc_id) is unique: the BC id names the row
+            ids = {bc_id: coupling_id for bc_id, coupling_id
+                   in session.execute(insert(Coupling).returning(Coupling.bc_id, Coupling.id), rows)}
+        for item, row in zip(new, rows, strict=True):
+            item.coupling = Coupling(id=ids[str(row["bc_id"])], **row)
 
     def _send(self, items: list[Item], wire: ThreadPoolExecutor | None, *, last_attempt: bool = False) -> _Flight:
         """Put a chunk's writes on the wire (``wire``: beside this thread; None: now), their ids recorded first."""
