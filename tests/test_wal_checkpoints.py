@@ -99,3 +99,32 @@ def test_a_forked_child_checkpoints_its_own_commits(engine: sa.Engine) -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def wal_bytes(engine: sa.Engine) -> int:
+    path = Path(f"{engine.url.database}-wal")
+    return path.stat().st_size if path.exists() else 0
+
+
+def test_a_long_log_is_cut_back_once_no_reader_is_in_it(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads that overlap the writes keep SQLite from starting its log over, so it only grows (600 MB in
+    an initial sync of 100k records). Once no reader is in it, the thread cuts it back; while a reader
+    is, it leaves the log alone (cutting would make the reader, or the writers, wait)."""
+    limit = 256 * 1024
+    monkeypatch.setattr(checkpoints, "TRUNCATE_BYTES", limit)
+    reader = engine.connect()
+    reader.exec_driver_sql("SELECT count(*) FROM note").scalar()  # a read transaction: its snapshot pins the log
+    try:
+        for _ in range(40):
+            with engine.begin() as conn:
+                conn.exec_driver_sql("INSERT INTO note VALUES (?)", ("x" * 20_000,))
+        pinned = write(engine)
+        time.sleep(3 * checkpoints.DELAY_SECONDS)  # passes ran while the reader was in the log
+        assert wal_bytes(engine) > limit and not in_database_file(engine, pinned)
+    finally:
+        reader.close()  # the reader leaves
+    marker = write(engine)  # the next commit wakes the thread
+    assert eventually(lambda: wal_bytes(engine) <= limit)
+    assert in_database_file(engine, marker)  # cut back only once copied: nothing was lost
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM note").scalar() == 42

@@ -10,7 +10,14 @@ time at that size. SQLite's documentation names the way out: turn the automatic 
 blocks a reader or a writer, and while the sqlite3 module waits in it, the GIL is free.
 
 The automatic checkpoint stays on at a much larger size (:data:`FALLBACK_PAGES`): should the thread fall
-behind, the log is still bounded, and a checkpoint still happens without this thread.
+behind, a checkpoint still happens without this thread.
+
+A checkpoint copies the log; it does not shorten it. SQLite starts the log over only when a writer finds
+all of it copied and no reader in it, and under reads and writes that overlap for minutes (an initial
+sync of 100,000 records) that moment never comes: the log grew to 600 MB and stayed so. Once a pass has
+copied everything, the thread also asks for a ``TRUNCATE`` checkpoint when the log is over
+:data:`TRUNCATE_BYTES`; on a connection that waits for no one, it cuts the log to nothing when no reader
+is in it and gives up at once when one is, so no request waits behind it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from sqlalchemy.engine import Engine
 
 DELAY_SECONDS = 0.2  # after a commit, wait this long for more before checkpointing (commits coalesce)
 FALLBACK_PAGES = 16_000  # wal_autocheckpoint left on connections: SQLite's own, should the thread lag (64 MB)
+TRUNCATE_BYTES = 64 * 1024 * 1024  # a log larger than this is cut back once it is all copied and unread
 
 
 class Checkpointer:
@@ -72,8 +80,8 @@ class Checkpointer:
             thread.join(timeout=10)
 
     def _run(self, wake: threading.Event, stop: threading.Event) -> None:
-        try:  # mode=rw: a file removed under a stopping sandbox is not made again
-            conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True, timeout=30, isolation_level=None)
+        try:  # mode=rw: a file removed under a stopping sandbox is not made again; timeout=0: it waits for no one
+            conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True, timeout=0, isolation_level=None)
         except sqlite3.Error:
             return
         try:
@@ -83,12 +91,21 @@ class Checkpointer:
                     return
                 wake.clear()
                 try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                    if not busy and 0 < frames == copied and self._log_bytes() > TRUNCATE_BYTES:
+                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # busy: a reader is in it
                 except sqlite3.Error:  # the file went away under a stopping sandbox: the next pass tries again
                     continue
                 self.passes += 1
         finally:
             conn.close()
+
+
+    def _log_bytes(self) -> int:
+        try:
+            return os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return 0
 
 
 def attach(engine: Engine, path: str) -> Checkpointer:
