@@ -16,8 +16,8 @@ A checkpoint copies the log; it does not shorten it. SQLite starts the log over 
 all of it copied and no reader in it, and under reads and writes that overlap for minutes (an initial
 sync of 100,000 records) that moment never comes: the log grew to 600 MB and stayed so. Once a pass has
 copied everything, the thread also asks for a ``TRUNCATE`` checkpoint when the log is over
-:data:`TRUNCATE_BYTES`; on a connection that waits for no one, it cuts the log to nothing when no reader
-is in it and gives up at once when one is, so no request waits behind it.
+:data:`TRUNCATE_BYTES`; with no busy timeout for that one statement, it cuts the log to nothing when no
+reader is in it and gives up at once when one is, so no request waits behind it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 
 DELAY_SECONDS = 0.2  # after a commit, wait this long for more before checkpointing (commits coalesce)
 FALLBACK_PAGES = 16_000  # wal_autocheckpoint left on connections: SQLite's own, should the thread lag (64 MB)
+BUSY_TIMEOUT_MS = 30_000  # what the thread's connection waits for a lock, as the stores' own connections do
 TRUNCATE_BYTES = 64 * 1024 * 1024  # a log larger than this is cut back once it is all copied and unread
 
 
@@ -80,8 +81,9 @@ class Checkpointer:
             thread.join(timeout=10)
 
     def _run(self, wake: threading.Event, stop: threading.Event) -> None:
-        try:  # mode=rw: a file removed under a stopping sandbox is not made again; timeout=0: it waits for no one
-            conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True, timeout=0, isolation_level=None)
+        try:  # mode=rw: a file removed under a stopping sandbox is not made again
+            conn = sqlite3.connect(f"file:{quote(self.path)}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   isolation_level=None)
         except sqlite3.Error:
             return
         try:
@@ -93,13 +95,22 @@ class Checkpointer:
                 try:
                     busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
                     if not busy and 0 < frames == copied and self._log_bytes() > TRUNCATE_BYTES:
-                        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()  # busy: a reader is in it
+                        self._cut_back(conn)
                 except sqlite3.Error:  # the file went away under a stopping sandbox: the next pass tries again
                     continue
                 self.passes += 1
         finally:
             conn.close()
 
+    @staticmethod
+    def _cut_back(conn: sqlite3.Connection) -> None:
+        """Truncate the (all copied) log, or give up at once: with no busy timeout, the checkpoint waits
+        neither for a reader still in the log nor for a writer, so no request waits behind it."""
+        conn.execute("PRAGMA busy_timeout=0")
+        try:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
 
     def _log_bytes(self) -> int:
         try:
