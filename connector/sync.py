@@ -532,7 +532,7 @@ class Pass:
             ids = {bc_id: coupling_id for bc_id, coupling_id
                    in session.execute(insert(Coupling).returning(Coupling.bc_id, Coupling.id), rows)}
         for item, row in zip(new, rows, strict=True):
-            item.coupling = Coupling(id=ids[str(row["bc_id"])], **row)
+            item.coupling = Coupling(id=ids[row["bc_id"]], **row)
 
     def _send(self, items: list[Item], wire: ThreadPoolExecutor | None, *, last_attempt: bool = False) -> _Flight:
         """Put a chunk's writes on the wire (``wire``: beside this thread; None: now), their ids recorded first."""
