@@ -60,7 +60,7 @@ def test_killed_and_restarted_create_in_dataverse_leaves_one_row_and_one_couplin
     tag = uuid.uuid4().hex[:6]
     records = env.create_customers(bc, [f"Crash {tag} {i:03d}" for i in range(N)])
     numbers = [r["number"] for r in records]
-    env.set_sync(page_size=10, dataverse_batch_size=5)  # many chunks: many moments to die in
+    env.set_sync(page_size=5, dataverse_batch_size=5)  # many chunks: many moments to die in
     rng = random.Random(1201)
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     ours = {r["id"] for r in records}
