@@ -48,8 +48,8 @@ class Host:
 
     def stop(self) -> None:
         self.forget()
-        with self._lock:
-            connections = list(self._connections)
+        with self._lock:  # taken out of the set: from here on stop() is the one that closes them
+            connections, self._connections = list(self._connections), set()
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.close()
@@ -77,9 +77,11 @@ class Host:
         except (EOFError, OSError):
             pass
         finally:
-            with self._lock:
+            with self._lock:  # closed once, by whoever takes it out of the set (this thread or stop())
+                ours = conn in self._connections
                 self._connections.discard(conn)
-            conn.close()
+            if ours:
+                conn.close()
 
     def _call(self, name: str, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         target, methods = self._objects[name]
