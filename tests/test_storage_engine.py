@@ -3,6 +3,8 @@ builds its tables from the declarations on it, and each database gets the sandbo
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -58,3 +60,49 @@ def test_each_app_has_its_own_database(tmp_path: Path) -> None:
     engines = {app.extensions[name]["backend"].store.engine.url.database
                for app, name in ((dataverse, "dataverse"), (bc, "bc"))}
     assert engines == {str(tmp_path / "dataverse.db"), str(tmp_path / "bc.db")}
+
+
+def test_writers_of_one_process_take_turns_before_they_ask_the_database(tmp_path: Path) -> None:
+    """SQLite admits one writer at a time, and a writer that finds the database taken polls it with
+    sleeps that grow to 100 ms: the database often stood free while the next batch slept. Threads of
+    one process queue in the store instead, so the second asks the database only once the first has
+    committed, and starts then."""
+    app = dataverse_app(f"sqlite:///{tmp_path / 'dataverse.db'}")
+    store = app.extensions["dataverse"]["backend"].store
+    events: list[tuple[str, str]] = []
+
+    def began(conn, cursor, statement, parameters, context, executemany) -> None:
+        if statement.startswith("BEGIN IMMEDIATE"):
+            events.append((threading.current_thread().name, "begin"))
+
+    def committed(conn) -> None:
+        events.append((threading.current_thread().name, "commit"))
+
+    holding, release = threading.Event(), threading.Event()
+
+    def write(hold: bool) -> None:
+        with store.write() as conn:
+            conn.exec_driver_sql("SELECT 1")
+            if hold:
+                holding.set()
+                release.wait(10)
+
+    sa.event.listen(store.engine, "before_cursor_execute", began)
+    sa.event.listen(store.engine, "commit", committed)
+    try:
+        first = threading.Thread(target=write, args=(True,), name="first")
+        second = threading.Thread(target=write, args=(False,), name="second")
+        first.start()
+        assert holding.wait(10)
+        second.start()
+        for _ in range(50):  # give the second writer time to reach the database, if it would
+            if ("second", "begin") in events:
+                break
+            time.sleep(0.01)
+        release.set()
+        first.join(10)
+        second.join(10)
+    finally:
+        sa.event.remove(store.engine, "before_cursor_execute", began)
+        sa.event.remove(store.engine, "commit", committed)
+    assert events == [("first", "begin"), ("first", "commit"), ("second", "begin"), ("second", "commit")]

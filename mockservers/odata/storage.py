@@ -174,6 +174,10 @@ class Store:
         self._statements: dict[tuple[Any, ...], Any] = {}
         # One shared in-memory connection: serialise access ourselves.
         self._memory_lock = threading.RLock() if isinstance(self.engine.pool, StaticPool) else None
+        # The database admits one writer at a time. Threads of this process wait for it here, and
+        # start as soon as the last one commits; left to SQLite, a waiting writer polls with sleeps
+        # that grow to 100 ms, so the lock often sat free while the next batch slept.
+        self._writer_lock = threading.RLock()
         self.metadata = sa.MetaData()
         self.registry = registry(metadata=self.metadata)
         self.tables: dict[str, sa.Table] = {}
@@ -187,11 +191,12 @@ class Store:
 
     # -- transactions -------------------------------------------------------------------------
     @contextmanager
-    def _locked(self) -> Iterator[None]:
-        if self._memory_lock is None:
+    def _locked(self, write: bool) -> Iterator[None]:
+        lock = self._memory_lock or (self._writer_lock if write else None)
+        if lock is None:
             yield
         else:
-            with self._memory_lock:
+            with lock:
                 yield
 
     @contextmanager
@@ -199,7 +204,7 @@ class Store:
         session = self._session() if self._session is not None else None
         if session is not None and not write and not session.in_transaction():
             session = None  # a read on its own needs no request session (and is cheaper without one)
-        with self._locked():
+        with self._locked(write):
             if session is None:
                 with self.engine.connect() as conn:
                     conn.execution_options(**{WRITE: write})
