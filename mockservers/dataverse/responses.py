@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode
 from xml.etree import ElementTree
 
@@ -65,6 +65,22 @@ class Request:
     headers: Headers
     body: bytes
     caller: Caller
+
+
+@dataclass(frozen=True)
+class _PlainWrite:
+    """A batch request that may be written together with the like ones next to it, read ahead."""
+
+    key: str  # requests with one key next to each other form a run
+    inner: batch_protocol.InnerRequest
+    sub: Request  # the request on its own
+    head: Segment
+    body: dict[str, Any] | InvalidJson  # the parsed body, or why it does not parse
+
+    def json(self) -> dict[str, Any]:
+        if isinstance(self.body, InvalidJson):
+            raise self.body
+        return self.body
 
 
 def check_query_options(args: MultiDict) -> None:
@@ -631,11 +647,11 @@ class DataverseService:
             result.headers.append(("Location", dict(result.headers)["OData-EntityId"]))
         return batch_protocol.InnerResponse(result.status, [("OData-Version", "4.0"), *result.headers], result.body)
 
-    def _run_key(self, inner: batch_protocol.InnerRequest) -> str | None:
-        """What a batch request writes, when it is a plain write that may go with the like ones next to
-        it: a create (POST of a JSON body to an entity set, no query options) or an upsert by id (PATCH
-        of a JSON body to ``set(id)``, at most ``$select``, its own If-Match if any, no If-None-Match),
-        with no headers beyond the content's and ``Prefer``. None for anything else (it runs on its own)."""
+    def _plain_write(self, req: Request, inner: batch_protocol.InnerRequest) -> _PlainWrite | None:
+        """A batch request that may be written together with the like ones next to it: a create (POST
+        of a JSON body to an entity set, no query options) or an upsert by id (PATCH of a JSON body to
+        ``set(id)``, at most ``$select``, its own If-Match if any, no If-None-Match), with no headers
+        beyond the content's and ``Prefer``. None for anything else (it runs on its own)."""
         method = inner.method.upper()
         allowed = _PLAIN_WRITE_HEADERS | {"if-match"} if method == "PATCH" else _PLAIN_WRITE_HEADERS
         if (method not in ("POST", "PATCH") or len(inner.url) > batch_protocol.MAX_URL_LENGTH
@@ -654,26 +670,26 @@ class DataverseService:
             return None
         if method == "PATCH" and (head.key is None or any(k != "$select" for k, _ in parse_qsl(query))):
             return None
-        return f"{method} {head.name}?{query} {inner.headers.get('Prefer', '')}"
+        sub = self._sub_request(req, inner)
+        assert sub is not None  # the path is under the Web API root
+        try:
+            body: dict[str, Any] | InvalidJson = parse_json(inner.body)
+        except InvalidJson as error:
+            body = error
+        return _PlainWrite(f"{method} {head.name}?{query} {inner.headers.get('Prefer', '')}", inner, sub, head, body)
 
-    def _write_together(self, req: Request, run: list[batch_protocol.InnerRequest],
-                        ) -> list[batch_protocol.InnerResponse] | None:
-        """A run of like writes (``_run_key``) in one block: creates through ``create_many``, upserts
+    def _write_together(self, req: Request, run: list[_PlainWrite]) -> list[batch_protocol.InnerResponse] | None:
+        """A run of like writes (``_plain_write``) in one block: creates through ``create_many``, upserts
         through ``upsert_many``, each answered as ``create`` or ``upsert`` answers it alone; None when
         any of them fails."""
-        subs: list[Request] = []
-        for inner in run:
-            sub = self._sub_request(req, inner)
-            assert sub is not None  # _run_key admits only URLs under the Web API root
-            subs.append(sub)
-        first, heads = subs[0], [split_path(sub.path)[0] for sub in subs]
+        first, heads = run[0].sub, [write.head for write in run]
         entity = self.schema.by_set(heads[0].name)
         assert entity is not None
         prefs = parse_prefer(first.headers)
         results: list[Result] = []
         try:
             opts = self._write_options(first, entity)
-            bodies = [parse_json(inner.body) for inner in run]
+            bodies = [write.json() for write in run]
             with self.connection(True) as conn:
                 if first.method == "POST":
                     written = [(row, True) for row in self.backend.create_many(conn, entity, bodies,
@@ -682,7 +698,7 @@ class DataverseService:
                     keys = [parse_key(head.key or "") for head in heads]
                     written = self.backend.upsert_many(conn, entity, list(zip(keys, bodies, strict=True)),
                                                        caller=req.caller,
-                                                       if_matches=[sub.headers.get("If-Match") for sub in subs])
+                                                       if_matches=[write.sub.headers.get("If-Match") for write in run])
                 for (row, created), head in zip(written, heads, strict=True):
                     if prefs.get("return") == "representation":
                         results.append(self._representation(conn, entity, row, 201 if created else 200, opts))
@@ -693,7 +709,7 @@ class DataverseService:
                                                      f"{self.service_root}/{entity.set_name}({head.key})")]))
         except (InvalidJson, DataverseError, engine.ODataError):
             return None
-        return [self._inner_response(inner, result) for inner, result in zip(run, results, strict=True)]
+        return [self._inner_response(write.inner, result) for write, result in zip(run, results, strict=True)]
 
     def batch(self, req: Request) -> Result:
         content_type = req.headers.get("Content-Type", "")
@@ -719,7 +735,17 @@ class DataverseService:
 
         writes = any(inner.method.upper() != "GET" for part in parts
                      for inner in (part.requests if isinstance(part, batch_protocol.Changeset) else [part]))
-        together = batch_protocol.RunTogether(self._run_key, lambda run: self._write_together(req, run))
+        # Which requests may be written together, read before the write transaction starts: the
+        # database takes one writer at a time, and this work needs none of it.
+        plain = {id(inner): self._plain_write(req, inner) for inner in parts
+                 if writes and self.group_creates and isinstance(inner, batch_protocol.InnerRequest)}
+
+        def run_key(inner: batch_protocol.InnerRequest) -> str | None:
+            write = plain.get(id(inner))
+            return write.key if write else None
+
+        together = batch_protocol.RunTogether(
+            run_key, lambda run: self._write_together(req, [cast(_PlainWrite, plain[id(inner)]) for inner in run]))
         try:
             # With writes, one transaction for the batch and a savepoint for each request: a failed
             # request leaves nothing behind, the others keep their writes (visible when the batch ends).
