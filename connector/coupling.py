@@ -19,7 +19,15 @@ from .mappings.tables import DATAVERSE_COMPANY, bc_entity, dataverse_table, look
 from .options import OptionPass, code_field
 from .records import bc_records, combine, dataverse_row
 from .runtime import Connector, ConnectorError
-from .store import Coupling, Direction, JobType, MappingKind, OptionCoupling, TableMapping
+from .store import (
+    Coupling,
+    Direction,
+    JobType,
+    MappingKind,
+    OptionCoupling,
+    TableMapping,
+    couplings_of_bc_records,
+)
 from .sync import Options, Pass, bc_select, dataverse_select
 
 
@@ -70,7 +78,8 @@ def couple(cx: Connector, mapping: TableMapping, bc_key: str, *, dataverse_id: s
     job = JobLog(cx.state, mapping.name, JobType.COUPLING, Direction.TO_INTEGRATION)
     with cx.state.session() as session:
         holder = session.scalars(select(Coupling).where(
-            Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_id == row_id)).first()
+            Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_table == mapping.dataverse_table,
+            Coupling.dataverse_id == row_id)).first()
         if holder is not None and holder.bc_id != record["id"].lower():
             job.finish("refused")
             raise ConnectorError(f"Cannot couple {_label(mapping, record)} to this {table.logical_name} record, because "
@@ -132,11 +141,13 @@ def _clear_company(cx: Connector, mapping: TableMapping, rows: list[dict[str, An
 
 def _couplings(cx: Connector, mapping: TableMapping, bc_ids: list[str] | None) -> Iterator[list[Coupling]]:
     with cx.state.session() as session:
-        query = select(Coupling).where(Coupling.bc_entity == mapping.bc_entity,
-                                       Coupling.dataverse_table == mapping.dataverse_table)
-        if bc_ids is not None:
-            query = query.where(Coupling.bc_id.in_(bc_ids))
-        rows = list(session.scalars(query.order_by(Coupling.id)))
+        if bc_ids is None:
+            rows = list(session.scalars(select(Coupling).where(
+                Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_table == mapping.dataverse_table)
+                .order_by(Coupling.id)))
+        else:
+            rows = sorted(couplings_of_bc_records(session, mapping.bc_entity, mapping.dataverse_table, bc_ids),
+                          key=lambda c: c.id)
     yield from chunks(rows, cx.config.page_size)
 
 

@@ -63,6 +63,7 @@ from .store import (
     SyncResult,
     TableMapping,
     UpdateConflict,
+    couplings_of_bc_records,
 )
 
 TOLERANCE = timedelta(milliseconds=10)
@@ -227,11 +228,13 @@ class Pass:
 
     def _couplings(self, keys: list[str]) -> dict[str, Coupling]:
         with self.cx.state.session() as session:
-            column = Coupling.bc_id if self.to_dataverse else Coupling.dataverse_id
+            if self.to_dataverse:
+                return {c.bc_id: c for c in couplings_of_bc_records(session, self.mapping.bc_entity,
+                                                                    self.mapping.dataverse_table, keys)}
             rows = session.scalars(select(Coupling).where(Coupling.bc_entity == self.mapping.bc_entity,
                                                           Coupling.dataverse_table == self.mapping.dataverse_table,
-                                                          column.in_(keys)))
-            return {(c.bc_id if self.to_dataverse else c.dataverse_id): c for c in rows}
+                                                          Coupling.dataverse_id.in_(keys)))
+            return {c.dataverse_id: c for c in rows}
 
     @staticmethod
     def _destination_key(coupling: Coupling, to_dataverse: bool) -> str:
@@ -792,9 +795,9 @@ def synchronize_now(cx: Connector, mapping: TableMapping, bc_keys: list[str], di
         return Outcome([job], [])
     records = bc_records(cx, mapping, bc_keys, bc_select(mapping))
     with cx.state.session() as session:
-        coupled = {c.bc_id: c for c in session.scalars(select(Coupling).where(
-            Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_table == mapping.dataverse_table,
-            Coupling.pending.is_(False), Coupling.bc_id.in_([r["id"].lower() for r in records])))}
+        coupled = {c.bc_id: c for c in couplings_of_bc_records(session, mapping.bc_entity, mapping.dataverse_table,
+                                                                [r["id"].lower() for r in records])
+                   if not c.pending}
     uncoupled = [r for r in records if r["id"].lower() not in coupled]
     entity = bc_entity(mapping.bc_entity)
     if len(records) == 1 and uncoupled:
@@ -830,7 +833,8 @@ def synchronize_from_dataverse(cx: Connector, mapping: TableMapping, dataverse_i
                              f"{cx.company().name} does not synchronize it.")
     with cx.state.session() as session:
         coupled = session.scalars(select(Coupling).where(
-            Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_id == str(row[table.key]).lower(),
+            Coupling.bc_entity == mapping.bc_entity, Coupling.dataverse_table == mapping.dataverse_table,
+            Coupling.dataverse_id == str(row[table.key]).lower(),
             Coupling.pending.is_(False))).first()
     if coupled is None:
         if mapping.sync_only_coupled or mapping.direction is Direction.TO_INTEGRATION:

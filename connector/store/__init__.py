@@ -33,6 +33,7 @@ from .models import (
     SyncResult,
     TableMapping,
     UpdateConflict,
+    couplings_of_bc_records,
 )
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -40,7 +41,7 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 __all__ = [
     "Base", "Coupling", "DeletionConflict", "Direction", "FieldMapping", "FieldStatus", "JobError", "JobType",
     "MappingKind", "OptionCoupling", "State", "SyncJob", "SyncResult", "TableMapping", "UpdateConflict",
-    "alembic_config",
+    "alembic_config", "couplings_of_bc_records",
 ]
 
 
