@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import Counter
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -54,6 +55,11 @@ def test_create_in_dataverse_and_synchronize_now_of_500_customers_are_bulk(env: 
     # BC: the named records, read ceil(N/chunk) at a time; Dataverse: one $batch per 500 writes,
     # plus a constant: this company's row and the local currency.
     assert len(business_central) <= math.ceil(N / BC_ID_CHUNK) + 1, [e["path"] for e in business_central]
+    by_key = [parse_qs(e["query"]) for e in business_central if e["path"].endswith("/customers")]
+    # each read names its records in one `in (…)`, which BC takes with schema version 2.1
+    assert by_key and all(q["$schemaversion"] == ["2.1"] and re.fullmatch(r"number in \('[^)]*'\)", q["$filter"][0])
+                          for q in by_key), by_key
+    assert sum(q["$filter"][0].count(",") + 1 for q in by_key) == N
     assert len(dataverse) <= math.ceil(N / 500) + 3, [(e["method"], e["path"]) for e in dataverse]
     assert sum(1 for e in dataverse if e["path"].endswith("$batch")) == math.ceil(N / 500)
     assert env.account_names(f"Bulk {tag}") == Counter({r["displayName"]: 1 for r in records})
