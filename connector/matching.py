@@ -24,6 +24,7 @@ from .coupling import create_in_dataverse
 from .jobs import JobLog, Outcome, RecordRef
 from .mappings.tables import bc_entity, dataverse_table
 from .options import OptionPass
+from .read_ahead import read_ahead
 from .runtime import Connector, ConnectorError
 from .spool import RecordSpool
 from .store import (
@@ -120,7 +121,7 @@ def match_couple(cx: Connector, mapping: TableMapping, records: Iterable[dict[st
     pairs: list[tuple[str, str]] = []
     unmatched_count = 0
     with RecordSpool() as pair_records, RecordSpool() as unmatched:
-        for record in records:
+        for record in read_ahead(records, cx.config.page_size):
             bc_id = str(record["id"]).lower()
             if bc_id in coupled_records:
                 continue  # match-based coupling skips records that are already coupled
@@ -203,8 +204,8 @@ def _synchronize_pairs(cx: Connector, mapping: TableMapping, records: Iterable[d
         if direction is Direction.TO_INTEGRATION:
             engine.run(iter(records))
         else:
-            engine.run(cx.dataverse.rows_by_ids(table.set_name, table.key, row_ids,
-                                                select=dataverse_select(mapping)))
+            engine.run(read_ahead(cx.dataverse.rows_by_ids(table.set_name, table.key, row_ids,
+                                                           select=dataverse_select(mapping)), cx.config.page_size))
         job.finish()
         jobs.append(job)
     return jobs
