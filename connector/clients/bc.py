@@ -49,9 +49,12 @@ class BCClient:
         return self.core.get_one(self.url(set_name, key))
 
     def rows(self, set_name: str, *, filter: str | None = None, select: Iterable[str] | None = None,
-             orderby: str | None = None, page_size: int | None = None) -> Iterator[dict[str, Any]]:
-        yield from self.core.rows(self.url(set_name), query_options(filter=filter, select=select, orderby=orderby),
-                                  page_size=page_size or self.page_size)
+             orderby: str | None = None, page_size: int | None = None,
+             schema_version: str | None = None) -> Iterator[dict[str, Any]]:
+        params = query_options(filter=filter, select=select, orderby=orderby)
+        if schema_version:
+            params["$schemaversion"] = schema_version
+        yield from self.core.rows(self.url(set_name), params, page_size=page_size or self.page_size)
 
     def rows_where_in(self, set_name: str, field: str, values: Iterable[str], *, guid: bool = False,
                       select: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
@@ -62,8 +65,7 @@ class BCClient:
         select = list(select) if select else None
         for chunk in chunks(values, ID_CHUNK):
             listed = ",".join(value if guid else quote(value) for value in chunk)
-            params = {**query_options(filter=f"{field} in ({listed})", select=select), "$schemaversion": "2.1"}
-            yield from self.core.rows(self.url(set_name), params, page_size=self.page_size)
+            yield from self.rows(set_name, filter=f"{field} in ({listed})", select=select, schema_version="2.1")
 
     def batch(self, set_name: str, ops: list[BatchOp]) -> list[BatchResult]:
         """Run operations on one entity set in JSON ``$batch`` requests of at most 100."""
